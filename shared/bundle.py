@@ -1,0 +1,346 @@
+"""The model bundle: a versioned folder holding a manifest and the fitted classifier.
+
+Layout::
+
+    <artifacts>/<name>/<version>/
+        manifest.json          what the bundle is, how it was made, and a sha256 for every other file
+        classifier.skops       the fitted sklearn pipeline (imputer -> scaler -> PCA -> calibrated SVC), skops format
+        report.json, report.md, confusion_matrix.png    evaluation results (optional)
+
+The classifier is stored with skops, not pickle, and loaded with an explicit list of trusted types,
+so loading a bundle cannot run arbitrary code. The loader refuses a bundle whose files do not match
+their recorded sha256 and size, whose format version is newer than this code understands, whose
+labels are not the six emotions, or whose classifier file is not a skops archive.
+
+Format versions: ``FORMAT_VERSION`` is bumped when a manifest field is added that a loader must
+understand, or when a field changes meaning. A loader accepts every version from 1 up to its own
+and refuses newer ones. Optional, purely informative fields may be added without a bump.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from shared.backbones.base import BackboneSpec
+from shared.constants import EMOTIONS
+from shared.errors import (
+    BundleExistsError,
+    BundleFormatError,
+    BundleIntegrityError,
+    BundleLabelError,
+    BundleNotFoundError,
+)
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+CLASSIFIER = "classifier.skops"
+
+#: The only types a classifier file may contain. Anything else is refused before loading.
+TRUSTED_TYPES: tuple[str, ...] = (
+    "sklearn.pipeline.Pipeline",
+    "sklearn.impute._base.SimpleImputer",
+    "sklearn.preprocessing._data.StandardScaler",
+    "sklearn.decomposition._pca.PCA",
+    "sklearn.svm._classes.SVC",
+    "sklearn.calibration.CalibratedClassifierCV",
+    "sklearn.calibration._CalibratedClassifier",
+    "sklearn.calibration._SigmoidCalibration",
+    "numpy.dtype",
+    "numpy.ndarray",
+    "numpy.float64",
+    "numpy.float32",
+    "numpy.int64",
+    "numpy.int32",
+    "numpy.str_",
+    "builtins.tuple",
+    "builtins.list",
+    "builtins.dict",
+    "builtins.str",
+    "builtins.int",
+    "builtins.float",
+    "builtins.bool",
+    "builtins.NoneType",
+)
+
+_REQUIRED_KEYS = ("format_version", "name", "version", "labels", "backbone", "classifier", "files")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A loaded, verified bundle."""
+
+    path: Path
+    manifest: dict[str, Any]
+    pipeline: Any
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest["name"])
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest["version"])
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(self.manifest["labels"])
+
+    @property
+    def backbone_spec(self) -> BackboneSpec:
+        return BackboneSpec.from_dict(self.manifest["backbone"])
+
+    @property
+    def embedding_dtype(self) -> str:
+        """The precision that produced the training embeddings."""
+        return str(self.manifest["backbone"].get("dtype", "fp32"))
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape a bundle's numbers."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for dist in ("numpy", "scikit-learn", "skops", "torch", "transformers", "opensmile"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def save_bundle(
+    artifacts: str | os.PathLike[str],
+    *,
+    name: str,
+    version: str,
+    pipeline: Any,
+    backbone: dict[str, Any],
+    training: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    extra_files: dict[str, bytes] | None = None,
+    labels: tuple[str, ...] = EMOTIONS,
+) -> Path:
+    """Write a new bundle to ``<artifacts>/<name>/<version>/`` and return that folder.
+
+    Args:
+        pipeline: the fitted sklearn pipeline; its ``classes_`` must be the six emotions.
+        backbone: the backbone spec as a dict plus ``dim`` and ``dtype`` (the embeddings' precision).
+        training: a JSON-serialisable summary of the training data and protocol.
+        metrics: the headline evaluation figures.
+        extra_files: more files to store (``report.md``, ``confusion_matrix.png``...), hashed like the rest.
+
+    Raises:
+        BundleExistsError: that version already exists (versions are never overwritten).
+        BundleLabelError: the pipeline's classes are not the six emotions.
+    """
+    import skops.io as sio
+
+    for what, value in (("name", name), ("version", version)):
+        if not _NAME_RE.match(value):
+            raise BundleFormatError(
+                f"bundle {what} {value!r} is not allowed: use letters, digits, '.', '_' and '-' (at most 128)"
+            )
+    _check_labels(labels, [str(c) for c in getattr(pipeline, "classes_", [])])
+    final = Path(artifacts) / name / version
+    if final.exists():
+        raise BundleExistsError(f"bundle {name}/{version} already exists at {final}; choose another --version")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=final.parent))
+    try:
+        sio.dump(pipeline, staging / CLASSIFIER)
+        for fname, data in (extra_files or {}).items():
+            if "/" in fname or fname in (MANIFEST, CLASSIFIER):
+                raise BundleFormatError(f"extra file name {fname!r} is not allowed")
+            (staging / fname).write_bytes(data)
+        files = {
+            p.name: {"sha256": sha256_file(p), "size": p.stat().st_size}
+            for p in sorted(staging.iterdir())
+            if p.is_file()
+        }
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "name": name,
+            "version": version,
+            "labels": list(labels),
+            "backbone": backbone,
+            "classifier": {
+                "file": CLASSIFIER,
+                "format": "skops",
+                "steps": [f"{step}:{type(est).__name__}" for step, est in getattr(pipeline, "steps", [])],
+            },
+            "training": training or {},
+            "metrics": metrics or {},
+            "libraries": library_versions(),
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "files": files,
+        }
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+        staging.rename(final)  # atomic: a half-written bundle is never visible under its version
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return final
+
+
+def _version_key(version: str) -> tuple:
+    # Natural order: "2" < "10", "20260101.120000" < "20260102.090000".
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"[._-]", version))
+
+
+def list_bundles(root: str | os.PathLike[str]) -> list[Path]:
+    """Every bundle folder (one holding a manifest) at or below ``root`` (at most two levels down)."""
+    root = Path(root)
+    if (root / MANIFEST).is_file():
+        return [root]
+    found = [p.parent for p in root.glob(f"*/{MANIFEST}")]
+    found += [p.parent for p in root.glob(f"*/*/{MANIFEST}")]
+    return sorted(set(found))
+
+
+def resolve_bundle_dir(path: str | os.PathLike[str]) -> Path:
+    """Turn a bundle folder, a ``<name>`` folder of versions, or an artifacts root into one bundle folder.
+
+    Where several bundles are found, the newest version wins: within one name by version order, across
+    names by the manifest's ``created_at``.
+
+    Raises:
+        BundleNotFoundError: nothing that looks like a bundle is there.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise BundleNotFoundError(f"no bundle at {root}: the folder does not exist")
+    bundles = list_bundles(root)
+    if not bundles:
+        raise BundleNotFoundError(
+            f"no bundle found in {root}: expected {MANIFEST} in it, or in <name>/<version>/ below it"
+        )
+
+    def created(p: Path) -> str:
+        try:
+            return str(json.loads((p / MANIFEST).read_text()).get("created_at", ""))
+        except (OSError, ValueError):
+            return ""
+
+    return max(bundles, key=lambda p: (created(p), _version_key(p.name)))
+
+
+def _check_labels(labels: Any, classes: list[str]) -> None:
+    if not isinstance(labels, (list, tuple)) or sorted(map(str, labels)) != sorted(EMOTIONS):
+        raise BundleLabelError(
+            f"bundle labels {labels!r} are not the six emotions this service predicts: {', '.join(EMOTIONS)}"
+        )
+    if sorted(classes) != sorted(EMOTIONS):
+        raise BundleLabelError(
+            f"the classifier predicts {classes!r}, not the six emotions: {', '.join(EMOTIONS)}"
+        )
+
+
+def read_manifest(bundle_dir: Path) -> dict[str, Any]:
+    """Read and validate ``manifest.json`` (structure and format version only; no file hashes)."""
+    path = bundle_dir / MANIFEST
+    if not path.is_file():
+        raise BundleNotFoundError(f"{path} does not exist: not a bundle folder")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise BundleFormatError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(manifest, dict):
+        raise BundleFormatError(f"{path} must hold a JSON object")
+    missing = [k for k in _REQUIRED_KEYS if k not in manifest]
+    if missing:
+        raise BundleFormatError(f"{path} lacks required fields: {', '.join(missing)}")
+    fmt = manifest["format_version"]
+    if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt < 1:
+        raise BundleFormatError(f"{path}: format_version must be a positive integer, got {fmt!r}")
+    if fmt > FORMAT_VERSION:
+        raise BundleFormatError(
+            f"bundle format version {fmt} is newer than this software understands (up to {FORMAT_VERSION}); "
+            "upgrade the service to load it"
+        )
+    if not isinstance(manifest["files"], dict) or CLASSIFIER not in manifest["files"]:
+        raise BundleFormatError(f"{path}: 'files' must list {CLASSIFIER} with its sha256 and size")
+    if not isinstance(manifest["backbone"], dict):
+        raise BundleFormatError(f"{path}: 'backbone' must be an object")
+    return manifest
+
+
+def verify_files(bundle_dir: Path, manifest: dict[str, Any]) -> None:
+    """Check every file listed in the manifest against its sha256 and size.
+
+    Raises:
+        BundleIntegrityError: a file is missing, or its size or hash differ.
+    """
+    for fname, meta in manifest["files"].items():
+        if not isinstance(meta, dict) or "/" in fname or fname.startswith(".."):
+            raise BundleFormatError(f"manifest entry for {fname!r} is malformed")
+        path = bundle_dir / fname
+        if not path.is_file():
+            raise BundleIntegrityError(f"bundle file {fname} is missing from {bundle_dir}")
+        if path.stat().st_size != meta.get("size") or sha256_file(path) != meta.get("sha256"):
+            raise BundleIntegrityError(
+                f"bundle file {fname} does not match its recorded sha256/size: the bundle was altered "
+                "or damaged; rebuild or re-download it"
+            )
+
+
+def load_classifier(path: Path) -> Any:
+    """Load a skops classifier file, trusting only ``TRUSTED_TYPES``.
+
+    Raises:
+        BundleFormatError: not a skops archive (a pickle, say), or it holds an untrusted type.
+    """
+    import skops.io as sio
+
+    if not zipfile.is_zipfile(path):
+        raise BundleFormatError(
+            f"{path.name} is not a skops archive (pickle and joblib files are refused: they can run code)"
+        )
+    try:
+        untrusted = sio.get_untrusted_types(file=path)
+    except Exception as exc:
+        raise BundleFormatError(f"{path.name} is not a readable skops archive: {exc}") from exc
+    unexpected = sorted(set(untrusted) - set(TRUSTED_TYPES))
+    if unexpected:
+        raise BundleFormatError(f"{path.name} contains types that are not trusted: {', '.join(unexpected)}")
+    try:
+        return sio.load(path, trusted=list(TRUSTED_TYPES))
+    except Exception as exc:
+        raise BundleFormatError(f"{path.name} could not be loaded: {exc}") from exc
+
+
+def load_bundle(path: str | os.PathLike[str]) -> Bundle:
+    """Resolve, verify and load a bundle (see ``resolve_bundle_dir`` for what ``path`` may be).
+
+    Raises:
+        BundleNotFoundError, BundleFormatError, BundleIntegrityError, BundleLabelError.
+    """
+    bundle_dir = resolve_bundle_dir(path)
+    manifest = read_manifest(bundle_dir)
+    verify_files(bundle_dir, manifest)
+    pipeline = load_classifier(bundle_dir / CLASSIFIER)
+    _check_labels(manifest["labels"], [str(c) for c in getattr(pipeline, "classes_", [])])
+    try:
+        BackboneSpec.from_dict(manifest["backbone"])
+    except Exception as exc:
+        raise BundleFormatError(f"the manifest's backbone spec is invalid: {exc}") from exc
+    return Bundle(path=bundle_dir, manifest=manifest, pipeline=pipeline)

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from shared.backbones import BackboneSpec
+from support import build_synthetic_bundle, make_tiny_hubert, real_data_dir
+
+logging.getLogger("transformers").setLevel(logging.ERROR)
+
+
+@pytest.fixture(scope="session")
+def tiny_hubert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny layer-norm HuBERT saved with save_pretrained (loads like a real checkpoint folder)."""
+    return make_tiny_hubert(tmp_path_factory.mktemp("tiny-hubert"))
+
+
+@pytest.fixture(scope="session")
+def egemaps_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real eGeMAPS bundle fitted on generated clips; returns the bundle folder."""
+    return build_synthetic_bundle(tmp_path_factory.mktemp("artifacts"), BackboneSpec(kind="egemaps"))
+
+
+@pytest.fixture(scope="session")
+def hubert_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_hubert_dir: Path) -> Path:
+    """A real bundle over the tiny HuBERT, fitted on generated clips; returns the bundle folder."""
+    spec = BackboneSpec(kind="hubert", model=str(tiny_hubert_dir))
+    return build_synthetic_bundle(tmp_path_factory.mktemp("artifacts"), spec, name="tiny-hubert")
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """The real speech folder from SER_TEST_DATA; skips the test where it is unset."""
+    path = real_data_dir()
+    if path is None:
+        pytest.skip("real speech data not available: set SER_TEST_DATA to the shared data folder")
+    return path

@@ -1,0 +1,105 @@
+"""Test helpers: generated audio, a tiny HuBERT saved to a folder, and small real bundles.
+
+Nothing here fakes a model: the tiny HuBERT is a real ``HubertModel`` graph with random weights, loaded
+through the production code path, and the bundles are real fitted pipelines written by ``save_bundle``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from shared.backbones import BackboneSpec, build_backbone
+from shared.bundle import save_bundle
+from shared.constants import EMOTIONS, SAMPLE_RATE
+
+#: Each synthetic "emotion" is a voiced sound with its own pitch and tremolo, so classes are separable.
+_PITCH = {"neutral": 110.0, "happy": 240.0, "sad": 90.0, "angry": 170.0, "fear": 300.0, "disgust": 140.0}
+_TREMOLO = {"neutral": 0.0, "happy": 6.0, "sad": 1.0, "angry": 9.0, "fear": 12.0, "disgust": 3.0}
+
+DATA_ENV = "SER_TEST_DATA"
+
+
+def real_data_dir() -> Path | None:
+    """The real speech folder named by ``SER_TEST_DATA``, or None."""
+    value = os.environ.get(DATA_ENV)
+    return Path(value) if value and Path(value).is_dir() else None
+
+
+def synthetic_clip(label: str, seconds: float = 1.5, seed: int = 0, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """A voiced, speech-like test signal for ``label``: float32 ``[seconds * sample_rate]`` in [-1, 1]."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    f0 = _PITCH[label] * (1 + 0.03 * rng.standard_normal()) * (1 + 0.05 * np.sin(2 * np.pi * 0.7 * t))
+    phase = 2 * np.pi * np.cumsum(f0) / sample_rate
+    voiced = sum(np.sin(k * phase) / k for k in range(1, 8))
+    envelope = 1 + 0.5 * np.sin(2 * np.pi * _TREMOLO[label] * t)
+    noise = 0.02 * rng.standard_normal(t.shape)
+    clip = 0.25 * voiced * envelope / 2.6 + noise
+    return clip.astype(np.float32)
+
+
+def wav_bytes(wave: np.ndarray, sample_rate: int = SAMPLE_RATE, subtype: str = "PCM_16") -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, wave, sample_rate, format="WAV", subtype=subtype)
+    return buf.getvalue()
+
+
+def make_tiny_hubert(folder: Path, *, layer_norm: bool = True, layers: int = 3, seed: int = 0) -> Path:
+    """Save a tiny random-weight HuBERT (hidden size 16) with ``save_pretrained``; returns the folder."""
+    import torch
+    from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
+
+    config = HubertConfig(
+        hidden_size=16,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=32,
+        conv_dim=(16,) * 7,
+        feat_extract_norm="layer" if layer_norm else "group",
+        do_stable_layer_norm=layer_norm,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+    )
+    torch.manual_seed(seed)
+    HubertModel(config).save_pretrained(folder)
+    Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=SAMPLE_RATE, do_normalize=layer_norm, return_attention_mask=layer_norm
+    ).save_pretrained(folder)
+    return folder
+
+
+def synthetic_dataset(per_class: int = 8, seconds: float = 1.5) -> tuple[list[np.ndarray], list[str], list[str]]:
+    """Generated clips, labels and fake speaker ids (4 speakers)."""
+    waves, labels, speakers = [], [], []
+    for c, label in enumerate(EMOTIONS):
+        for i in range(per_class):
+            waves.append(synthetic_clip(label, seconds * (0.8 + 0.4 * (i % 3) / 2), seed=100 * c + i))
+            labels.append(label)
+            speakers.append(f"spk{i % 4}")
+    return waves, labels, speakers
+
+
+def build_synthetic_bundle(
+    artifacts: Path, spec: BackboneSpec, *, name: str = "synthetic", version: str = "1", per_class: int = 8
+) -> Path:
+    """Fit the real pipeline on generated clips embedded by ``spec``'s backbone and write a bundle."""
+    from training.pipeline import make_pipeline
+
+    waves, labels, _ = synthetic_dataset(per_class)
+    backbone = build_backbone(spec)
+    x = backbone.embed_batch(waves)
+    pipeline = make_pipeline(len(x), x.shape[1], min_class_count=per_class).fit(x, labels)
+    return save_bundle(
+        artifacts,
+        name=name,
+        version=version,
+        pipeline=pipeline,
+        backbone={**spec.to_dict(), "dim": backbone.dim, "dtype": backbone.dtype},
+        training={"corpus": "synthetic", "n_utterances": len(waves)},
+        metrics={},
+    )
