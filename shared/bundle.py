@@ -163,7 +163,9 @@ def save_bundle(
     _check_labels(labels, [str(c) for c in getattr(pipeline, "classes_", [])])
     final = Path(artifacts) / name / version
     if final.exists():
-        raise BundleExistsError(f"bundle {name}/{version} already exists at {final}; choose another --version")
+        raise BundleExistsError(
+            f"bundle {name}/{version} already exists at {final}; choose another --version"
+        )
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=final.parent))
     try:
@@ -204,7 +206,9 @@ def save_bundle(
 
 def _version_key(version: str) -> tuple:
     # Natural order: "2" < "10", "20260101.120000" < "20260102.090000".
-    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"[._-]", version))
+    return tuple(
+        (0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"[._-]", version)
+    )
 
 
 def list_bundles(root: str | os.PathLike[str]) -> list[Path]:

@@ -4,9 +4,9 @@ import logging
 from pathlib import Path
 
 import pytest
+from support import build_synthetic_bundle, make_tiny_hubert, real_data_dir
 
 from shared.backbones import BackboneSpec
-from support import build_synthetic_bundle, make_tiny_hubert, real_data_dir
 
 logging.getLogger("transformers").setLevel(logging.ERROR)
 

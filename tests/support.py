@@ -30,7 +30,9 @@ def real_data_dir() -> Path | None:
     return Path(value) if value and Path(value).is_dir() else None
 
 
-def synthetic_clip(label: str, seconds: float = 1.5, seed: int = 0, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+def synthetic_clip(
+    label: str, seconds: float = 1.5, seed: int = 0, sample_rate: int = SAMPLE_RATE
+) -> np.ndarray:
     """A voiced, speech-like test signal for ``label``: float32 ``[seconds * sample_rate]`` in [-1, 1]."""
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * sample_rate)) / sample_rate
@@ -73,7 +75,9 @@ def make_tiny_hubert(folder: Path, *, layer_norm: bool = True, layers: int = 3, 
     return folder
 
 
-def synthetic_dataset(per_class: int = 8, seconds: float = 1.5) -> tuple[list[np.ndarray], list[str], list[str]]:
+def synthetic_dataset(
+    per_class: int = 8, seconds: float = 1.5
+) -> tuple[list[np.ndarray], list[str], list[str]]:
     """Generated clips, labels and fake speaker ids (4 speakers)."""
     waves, labels, speakers = [], [], []
     for c, label in enumerate(EMOTIONS):

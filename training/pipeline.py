@@ -23,7 +23,7 @@ def make_pipeline(
     *,
     min_class_count: int = 5,
     pca_components: int = DEFAULT_PCA_COMPONENTS,
-    C: float = 10.0,
+    C: float = 1.0,
     gamma: str | float = "scale",
     class_weight: str | None = "balanced",
     seed: int = 0,

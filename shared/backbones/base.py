@@ -103,7 +103,9 @@ class EmbeddingStats:
 
     def pool(self, pooling: str) -> np.ndarray:
         if self.total is None or self.total_sq is None or self.frames == 0:
-            raise BackboneError("no frames to pool: the input is shorter than one encoder frame (about 25 ms)")
+            raise BackboneError(
+                "no frames to pool: the input is shorter than one encoder frame (about 25 ms)"
+            )
         mean = self.total / self.frames
         if pooling == "mean":
             return mean.astype(np.float32)

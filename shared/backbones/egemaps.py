@@ -46,7 +46,9 @@ class EgemapsBackbone:
         for i, wave in enumerate(waveforms):
             signal = np.asarray(wave, dtype=np.float32).reshape(-1)
             if signal.shape[0] < SAMPLE_RATE // 10:
-                raise BackboneError(f"audio of {signal.shape[0]} samples is too short for eGeMAPS (needs 0.1 s)")
+                raise BackboneError(
+                    f"audio of {signal.shape[0]} samples is too short for eGeMAPS (needs 0.1 s)"
+                )
             feats = self._smile.process_signal(signal, SAMPLE_RATE)
             out[i] = feats.to_numpy(dtype=np.float32).reshape(-1)
         return out

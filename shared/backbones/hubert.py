@@ -48,7 +48,9 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise BackboneError(f"device {device!r} was asked for, but CUDA is not available here; use 'cpu' or 'auto'")
+        raise BackboneError(
+            f"device {device!r} was asked for, but CUDA is not available here; use 'cpu' or 'auto'"
+        )
     return dev
 
 
@@ -251,7 +253,8 @@ class HuggingFaceEncoder:
         self._captured.clear()
         result = self.model(inputs, attention_mask=mask)
         states = [
-            result.last_hidden_state if idx == LAST_HIDDEN_STATE else self._captured[idx] for idx in self.layers
+            result.last_hidden_state if idx == LAST_HIDDEN_STATE else self._captured[idx]
+            for idx in self.layers
         ]
         hidden = states[0] if len(states) == 1 else torch.stack(states).mean(dim=0)
         hidden = hidden.float().cpu().numpy()

@@ -1,0 +1,181 @@
+"""Bundle round trip and the loader's refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shared.backbones import BackboneSpec
+from shared.bundle import (
+    CLASSIFIER,
+    FORMAT_VERSION,
+    MANIFEST,
+    load_bundle,
+    resolve_bundle_dir,
+    save_bundle,
+    sha256_file,
+)
+from shared.constants import EMOTIONS
+from shared.errors import (
+    BundleExistsError,
+    BundleFormatError,
+    BundleIntegrityError,
+    BundleLabelError,
+    BundleNotFoundError,
+)
+from training.pipeline import make_pipeline
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(EMOTIONS, 6)
+    x = rng.standard_normal((len(labels), 10)) + np.repeat(np.arange(6), 6)[:, None]
+    return make_pipeline(len(x), 10, min_class_count=6).fit(x, labels), x
+
+
+def write(root: Path, pipeline, version: str = "1", name: str = "demo") -> Path:
+    return save_bundle(
+        root,
+        name=name,
+        version=version,
+        pipeline=pipeline,
+        backbone={**BackboneSpec(kind="egemaps").to_dict(), "dim": 10, "dtype": "fp32"},
+        training={"corpus": "generated"},
+        metrics={"speaker_grouped": {"unweighted_accuracy": 0.5}},
+        extra_files={"report.md": b"# report\n"},
+    )
+
+
+def copy_of(bundle: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "copy" / bundle.parent.name / bundle.name
+    shutil.copytree(bundle, target)
+    return target
+
+
+def rewrite_manifest(bundle: Path, **changes) -> None:
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    manifest.update(changes)
+    (bundle / MANIFEST).write_text(json.dumps(manifest))
+
+
+def test_round_trip(tmp_path, fitted):
+    pipeline, x = fitted
+    folder = write(tmp_path, pipeline)
+    assert folder == tmp_path / "demo" / "1"
+    bundle = load_bundle(folder)
+    assert (bundle.name, bundle.version, bundle.labels) == ("demo", "1", EMOTIONS)
+    assert bundle.backbone_spec == BackboneSpec(kind="egemaps")
+    manifest = bundle.manifest
+    assert manifest["format_version"] == FORMAT_VERSION
+    assert set(manifest["files"]) == {CLASSIFIER, "report.md"}
+    assert manifest["files"][CLASSIFIER]["sha256"] == sha256_file(folder / CLASSIFIER)
+    assert {"python", "numpy", "scikit-learn", "skops"} <= set(manifest["libraries"])
+    assert manifest["created_at"]
+    np.testing.assert_allclose(bundle.pipeline.predict_proba(x), pipeline.predict_proba(x))
+
+
+def test_versions_are_never_overwritten(tmp_path, fitted):
+    write(tmp_path, fitted[0])
+    with pytest.raises(BundleExistsError, match="already exists"):
+        write(tmp_path, fitted[0])
+
+
+def test_newest_version_is_resolved_from_a_root(tmp_path, fitted):
+    write(tmp_path, fitted[0], version="2")
+    write(tmp_path, fitted[0], version="10")
+    assert resolve_bundle_dir(tmp_path / "demo") == tmp_path / "demo" / "10"
+    assert resolve_bundle_dir(tmp_path) == tmp_path / "demo" / "10"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BundleNotFoundError, match="no bundle found"):
+        resolve_bundle_dir(tmp_path / "empty")
+    with pytest.raises(BundleNotFoundError, match="does not exist"):
+        resolve_bundle_dir(tmp_path / "nowhere")
+
+
+def test_a_changed_classifier_byte_is_refused(tmp_path, fitted):
+    bundle = copy_of(write(tmp_path, fitted[0]), tmp_path)
+    data = bytearray((bundle / CLASSIFIER).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (bundle / CLASSIFIER).write_bytes(bytes(data))
+    with pytest.raises(BundleIntegrityError, match="does not match its recorded sha256"):
+        load_bundle(bundle)
+
+
+def test_a_missing_file_is_refused(tmp_path, fitted):
+    bundle = copy_of(write(tmp_path, fitted[0]), tmp_path)
+    (bundle / "report.md").unlink()
+    with pytest.raises(BundleIntegrityError, match="report.md is missing"):
+        load_bundle(bundle)
+
+
+def test_a_different_label_set_is_refused(tmp_path, fitted):
+    bundle = copy_of(write(tmp_path, fitted[0]), tmp_path)
+    rewrite_manifest(bundle, labels=["neutral", "happy", "sad", "angry", "fear", "surprise"])
+    with pytest.raises(BundleLabelError, match="not the six emotions"):
+        load_bundle(bundle)
+
+
+def test_a_newer_format_version_is_refused(tmp_path, fitted):
+    bundle = copy_of(write(tmp_path, fitted[0]), tmp_path)
+    rewrite_manifest(bundle, format_version=FORMAT_VERSION + 1)
+    with pytest.raises(BundleFormatError, match="newer than this software understands"):
+        load_bundle(bundle)
+
+
+def test_a_pickle_where_skops_is_expected_is_refused(tmp_path, fitted):
+    bundle = copy_of(write(tmp_path, fitted[0]), tmp_path)
+    (bundle / CLASSIFIER).write_bytes(pickle.dumps(fitted[0]))
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    # Even with matching hashes (an attacker can rewrite the manifest), a pickle is never loaded.
+    manifest["files"][CLASSIFIER] = {
+        "sha256": sha256_file(bundle / CLASSIFIER),
+        "size": (bundle / CLASSIFIER).stat().st_size,
+    }
+    (bundle / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(BundleFormatError, match="not a skops archive"):
+        load_bundle(bundle)
+
+
+def test_untrusted_types_inside_skops_are_refused(tmp_path, fitted):
+    import skops.io as sio
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    bundle = copy_of(write(tmp_path, fitted[0]), tmp_path)
+    evil = Pipeline([("f", FunctionTransformer(os.system)), *fitted[0].steps])
+    sio.dump(evil, bundle / CLASSIFIER)
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    manifest["files"][CLASSIFIER] = {
+        "sha256": sha256_file(bundle / CLASSIFIER),
+        "size": (bundle / CLASSIFIER).stat().st_size,
+    }
+    (bundle / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(BundleFormatError, match="not trusted"):
+        load_bundle(bundle)
+
+
+def test_malformed_manifests_are_refused(tmp_path, fitted):
+    bundle = copy_of(write(tmp_path, fitted[0]), tmp_path)
+    (bundle / MANIFEST).write_text("{not json")
+    with pytest.raises(BundleFormatError, match="not valid JSON"):
+        load_bundle(bundle)
+    (bundle / MANIFEST).write_text(json.dumps({"format_version": 1}))
+    with pytest.raises(BundleFormatError, match="lacks required fields"):
+        load_bundle(bundle)
+
+
+def test_a_classifier_for_other_labels_cannot_be_saved(tmp_path):
+    pipeline = make_pipeline(12, 3, min_class_count=6).fit(
+        np.random.default_rng(0).standard_normal((12, 3)), ["a"] * 6 + ["b"] * 6
+    )
+    with pytest.raises(BundleLabelError):
+        write(tmp_path, pipeline)
+    with pytest.raises(BundleFormatError, match="not allowed"):
+        save_bundle(tmp_path, name="../x", version="1", pipeline=pipeline, backbone={})

@@ -1,0 +1,61 @@
+"""Corpus recipes: turn a corpus on disk into labelled utterances with speakers.
+
+One module per corpus (``cremad``, ``ravdess``, ``csv_manifest``), each opening with an "About the
+corpus" docstring; ``prepare_corpus`` picks one by name.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from training.corpora.base import Corpus, CorpusError, Utterance
+from training.corpora.cremad import download_cremad, prepare_cremad
+from training.corpora.csv_manifest import prepare_csv
+from training.corpora.download import DownloadError, DownloadReport
+from training.corpora.ravdess import prepare_ravdess
+
+__all__ = [
+    "CORPORA",
+    "Corpus",
+    "CorpusError",
+    "DownloadError",
+    "DownloadReport",
+    "Utterance",
+    "download_cremad",
+    "prepare_corpus",
+    "prepare_cremad",
+    "prepare_csv",
+    "prepare_ravdess",
+]
+
+CORPORA: tuple[str, ...] = ("cremad", "ravdess", "csv")
+
+
+def prepare_corpus(name: str, data_dir: Path, **options: Any) -> Corpus:
+    """Run the recipe called ``name`` on ``data_dir``.
+
+    Args:
+        name: one of ``CORPORA``.
+        data_dir: the corpus folder; for ``"csv"``, the manifest file or a folder holding
+            ``manifest.csv``.
+        options: passed to the recipe (``strict=`` for ``cremad`` and ``ravdess``).
+
+    Raises:
+        CorpusError: unknown name, an option the recipe does not take, or the recipe's own errors.
+    """
+    recipes: dict[str, Callable[..., Corpus]] = {
+        "cremad": prepare_cremad,
+        "ravdess": prepare_ravdess,
+        "csv": prepare_csv,
+    }
+    recipe = recipes.get(name)
+    if recipe is None:
+        raise CorpusError(f"unknown corpus {name!r}; known corpora: {', '.join(CORPORA)}")
+    try:
+        inspect.signature(recipe).bind(Path(data_dir), **options)
+    except TypeError as exc:
+        raise CorpusError(f"corpus {name!r}: bad options {sorted(options)} ({exc})") from None
+    return recipe(Path(data_dir), **options)
