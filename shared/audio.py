@@ -16,15 +16,16 @@ Design
   FFmpeg's prober, and only an audio demuxer from a short allow-list is accepted.
 * **soundfile (libsndfile) for WAV, FLAC, OGG and MP3.** It is fast (a 2.5 s WAV decodes in well under
   a millisecond), exact for PCM and float, and its MP3 reader (mpg123) honours the LAME gapless header,
-  so MP3 decodes to exactly the encoded length; FFmpeg's MP3 decoder keeps hundreds of samples of
-  encoder delay. Anything libsndfile refuses to open (a WAV holding an MP3 or GSM stream, Ogg
-  variants it lacks) falls back to PyAV.
+  so MP3 decodes to exactly the encoded length; FFmpeg's MP3 decoder keeps the encoder delay (529
+  samples too many on a CREMA-D MP3). Anything libsndfile refuses to open (a WAV holding G.726 ADPCM,
+  say) falls back to PyAV. Ogg/Opus goes to PyAV too: FFmpeg decodes it 3-4x faster, with the same
+  decoder as WebM/Opus.
 * **PyAV (which bundles FFmpeg; no system ffmpeg needed) for WebM/Matroska, MP4/M4A, AAC and the
   rest.** Frames are converted to float here rather than with FFmpeg's resampler so that no channel
   mixing or rate conversion happens inside FFmpeg.
 * **Downmix by averaging channels; resample with soxr** (``HQ``), on the whole clip after decoding, so
-  every path resamples the same way. A stream whose rate changes mid-way (chained Ogg) is resampled
-  segment by segment.
+  every path resamples the same way. Should a PyAV stream change rate mid-way, each constant-rate run
+  is resampled on its own. (Chained Ogg files are not supported: libsndfile reads the first link.)
 * **Bounded work.** Both paths decode in blocks/frames and count source samples; past ``max_seconds``
   they stop and raise :class:`AudioTooLongError`, so a tiny compressed file that expands to hours costs
   at most ``max_seconds`` of audio in memory. No temporary files: bytes are read through ``BytesIO``.
@@ -290,7 +291,6 @@ def _sniff(head: bytes) -> str:
     if tag4 == b"fLaC":
         return "flac"
     if tag4 == b"OggS":
-        # libsndfile ignores Opus pre-skip (the output lags by 6.5 ms); FFmpeg trims it
         return "ogg-opus" if b"OpusHead" in head[:64] else "ogg"
     if tag4 == b"FORM" and tag8_12 in (b"AIFF", b"AIFC"):
         return "aiff"
@@ -471,9 +471,12 @@ def _ffmpeg_reason(exc: av.FFmpegError) -> str:
 
 def _mean_channels(channels_first: np.ndarray) -> np.ndarray:
     """``[channels, samples]`` to a contiguous float32 ``[samples]``."""
-    if channels_first.shape[0] == 1:
+    channels = channels_first.shape[0]
+    if channels == 1:
         return np.ascontiguousarray(channels_first[0], dtype=np.float32)
-    return channels_first.mean(axis=0, dtype=np.float32)
+    # A weighted sum through matmul: ~100x faster than ndarray.mean on the transposed [samples, channels]
+    # blocks libsndfile returns (0.05 ms instead of 4 ms for 2.5 s of 48 kHz stereo).
+    return np.full(channels, 1.0 / channels, dtype=np.float32) @ channels_first.astype(np.float32, copy=False)
 
 
 def _resample(waveform: np.ndarray, rate: int, target: int) -> np.ndarray:
