@@ -273,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.base_url:
                 kwargs["base_url"] = args.base_url
             report = download_cremad(args.dest, **kwargs)
-            print(report)
+            print(json.dumps(report.summary(), indent=2))
     except SERError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
