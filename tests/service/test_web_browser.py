@@ -1,0 +1,520 @@
+"""The web page, end to end in a real browser: headless Chromium against a real uvicorn server.
+
+The server is the real app (``service.app.create_app``) serving a real eGeMAPS bundle on a free port
+of 127.0.0.1; Chromium (Debian's ``/usr/bin/chromium``, driven by Playwright) records from a fake
+microphone that plays a generated clip. Each state is saved as a screenshot into ``SER_SCREENSHOT_DIR``
+(default ``test-screenshots/`` at the repository root) for a person to look at.
+
+The browser tests (marker ``browser``) need ``scripts/install-browser.sh`` (Debian's chromium) and the
+``playwright`` package (dev extra), and skip with the reason where either is missing; the first two
+tests check how the page is served and run everywhere.
+Run: ``pytest tests/service/test_web_browser.py`` (or ``-m browser`` for the browser tests alone).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+from collections.abc import Iterator
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import soundfile as sf
+from fastapi.testclient import TestClient
+from service_support import serve, wait_until
+from support import synthetic_clip, wav_bytes
+
+from service.web import STATIC_DIR
+from shared.constants import EMOTIONS
+
+try:
+    from playwright import sync_api
+except ImportError:  # the browser fixture skips, saying so
+    sync_api = None  # type: ignore[assignment]
+
+CHROMIUM = Path("/usr/bin/chromium")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+#: Not audio at all: the service must refuse it, and the page must show the service's words.
+NOT_AUDIO = b"These are meeting notes, saved with the wrong extension.\n" * 4
+API_KEY = "browser-test-key"
+
+
+# --- how the page is served (no browser needed) ---------------------------------------------------
+
+
+class _AssetLinks(HTMLParser):
+    """The src/href of every element that makes the browser load something (not links to follow)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag != "a":
+            self.links += [value for name, value in attrs if name in ("src", "href") and value]
+
+
+def test_the_page_is_served_at_root_and_at_emotion(egemaps_client: TestClient) -> None:
+    root, emotion = egemaps_client.get("/"), egemaps_client.get("/emotion")
+    for page in (root, emotion):
+        assert page.status_code == 200
+        assert page.headers["content-type"] == "text/html; charset=utf-8"
+        assert "default-src 'self'" in page.headers["content-security-policy"]
+        assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in page.text
+    assert root.text == emotion.text == (STATIC_DIR / "index.html").read_text()
+
+    paths = egemaps_client.get("/openapi.json").json()["paths"]
+    assert "/" not in paths and "/emotion" not in paths
+    assert "/v1/predict" in paths  # the page's API is documented; the page is not
+
+
+def test_the_page_loads_only_its_own_files(egemaps_client: TestClient) -> None:
+    parser = _AssetLinks()
+    parser.feed(egemaps_client.get("/").text)
+    assets = [link for link in parser.links if not link.startswith("data:")]
+    assert sorted(assets) == ["static/app.js", "static/style.css"]
+    types = {"static/app.js": "javascript", "static/style.css": "text/css"}
+    for asset in assets:
+        reply = egemaps_client.get(f"/{asset}")
+        assert reply.status_code == 200 and types[asset] in reply.headers["content-type"]
+        # No URL to anywhere else: no CDN, no web font, no absolute API address.
+        assert not re.search(r"https?://|@import|url\(", reply.text), asset
+
+
+# --- the server and the browser ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def screenshot_dir() -> Path:
+    folder = Path(os.environ.get("SER_SCREENSHOT_DIR") or REPO_ROOT / "test-screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def fake_mic_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """What the fake microphone plays (in a loop): a 3 s "happy" clip, 16-bit PCM at 48 kHz."""
+    path = tmp_path_factory.mktemp("fake-mic") / "happy-48k.wav"
+    sf.write(path, synthetic_clip("happy", 3.0, seed=3, sample_rate=48_000), 48_000, subtype="PCM_16")
+    return path
+
+
+def _serve(bundle: Path, **overrides: Any) -> Iterator[str]:
+    """Run the real app on 127.0.0.1 until its model is ready; yields its base URL."""
+    from service.app import create_app
+    from service.settings import ServiceSettings
+
+    settings = ServiceSettings(bundle=bundle, device="cpu", hf_offline=True, worker_threads=1, **overrides)
+    with serve(create_app(settings), graceful_timeout=5) as server:
+        wait_until(lambda: httpx.get(f"{server.url}/ready", timeout=5).status_code == 200, timeout=120)
+        yield server.url
+
+
+@pytest.fixture(scope="module")
+def server(egemaps_bundle: Path) -> Iterator[str]:
+    """Base URL of the real service serving the eGeMAPS bundle with default settings."""
+    yield from _serve(egemaps_bundle)
+
+
+@pytest.fixture(scope="module")
+def locked_server(egemaps_bundle: Path) -> Iterator[str]:
+    """The real service with an API key required and utterances limited to 2 s."""
+    yield from _serve(egemaps_bundle, api_keys=[API_KEY], max_seconds=2.0)
+
+
+@pytest.fixture(scope="module")
+def browser(fake_mic_wav: Path) -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        pytest.skip(f"Debian's Chromium is not installed at {CHROMIUM}: run scripts/install-browser.sh")
+    if sync_api is None:
+        pytest.skip("the playwright package is not installed: pip install -e '.[dev]'")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM),
+            headless=True,
+            chromium_sandbox=False,
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--use-fake-device-for-media-stream",
+                "--use-fake-ui-for-media-stream",
+                f"--use-file-for-fake-audio-capture={fake_mic_wav}",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+class PageUnderTest:
+    """A fresh browser context on the page, recording page errors and requests to /v1/predict."""
+
+    def __init__(self, browser: Any, base_url: str, **context_options: Any) -> None:
+        self.context = browser.new_context(base_url=base_url, **context_options)
+        self.context.grant_permissions(["microphone"], origin=base_url)
+        self.page = self.context.new_page()
+        self.page.set_default_timeout(20_000)
+        self.page_errors: list[str] = []
+        self.predict_requests: list[Any] = []
+        self.page.on("pageerror", lambda exc: self.page_errors.append(str(exc)))
+        self.page.on("console", self._on_console)
+        self.page.on(
+            "request",
+            lambda request: self.predict_requests.append(request) if "/v1/predict" in request.url else None,
+        )
+
+    def _on_console(self, message: Any) -> None:
+        # A 4xx reply is logged by Chromium as "Failed to load resource"; the tests ask for some on
+        # purpose. Anything else logged as an error (a CSP refusal, a failed script) is a fault.
+        if message.type == "error" and not message.text.startswith("Failed to load resource"):
+            self.page_errors.append(message.text)
+
+    def open(self, path: str = "/", *, model_line: str = "Model: synthetic, version 1") -> Any:
+        response = self.page.goto(path)
+        assert response is not None and response.status == 200
+        # The page asks /v1/info for the model; once named, the limits are known too.
+        sync_api.expect(self.page.locator("#model-line")).to_have_text(model_line)
+        return self.page
+
+    def close(self) -> None:
+        self.context.close()
+        assert not self.page_errors, f"errors on the page: {self.page_errors}"
+
+
+@pytest.fixture
+def ui(browser: Any, server: str) -> Iterator[PageUnderTest]:
+    under_test = PageUnderTest(browser, server, viewport={"width": 1100, "height": 900})
+    yield under_test
+    under_test.close()
+
+
+def api_predict(server: str, name: str, data: bytes) -> httpx.Response:
+    """The service's own answer for ``data``, asked directly (what the page must show)."""
+    return httpx.post(f"{server}/v1/predict", files={"file": (name, data)}, timeout=30)
+
+
+def shown_bars(page: Any) -> dict[str, float]:
+    """The emotion -> percentage pairs the page shows, in page order."""
+    rows = page.locator("#bars .bar-row")
+    names = rows.locator(".bar-name").all_inner_texts()
+    values = rows.locator(".bar-value").all_inner_texts()
+    return {
+        name.strip().lower(): float(value.strip().rstrip("%"))
+        for name, value in zip(names, values, strict=True)
+    }
+
+
+def drawn_pixels(page: Any) -> int:
+    """How many pixels of the waveform canvas have been painted."""
+    return page.evaluate(
+        """() => {
+            const canvas = document.getElementById("waveform");
+            const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+            let painted = 0;
+            for (let i = 3; i < data.length; i += 4) if (data[i] > 0) painted++;
+            return painted;
+        }"""
+    )
+
+
+#: Text that must stand out from its background by WCAG AA's 4.5:1.
+TEXT_SELECTORS = (
+    "h1", "h2", ".lede", "#model-line", ".hint", "#timer", ".timer-max", ".dropzone-text", "label.button",
+    ".button-record", "#send-button:enabled", "summary", ".clip-name", ".bar-name", ".bar-value",
+    "#result-label", "#result-confidence", "figcaption", ".meta dt", ".meta dd", "#error",
+)  # fmt: skip
+
+
+def contrast_failures(page: Any) -> list[str]:
+    """Visible text under 4.5:1 against its background, and bars under 3:1 against their track."""
+    return page.evaluate(
+        """(selectors) => {
+            const rgba = (text) => {
+                const p = text.match(/rgba?\\(([^)]+)\\)/)[1].split(/[\\s,\\/]+/).filter(Boolean).map(Number);
+                return { r: p[0], g: p[1], b: p[2], a: p.length > 3 ? p[3] : 1 };
+            };
+            const luminance = ({ r, g, b }) => {
+                const lin = (v) => ((v /= 255) <= 0.04045 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4);
+                return 0.2126 * lin(r) + 0.7152 * lin(g) + 0.0722 * lin(b);
+            };
+            const ratio = (a, b) => {
+                const [hi, lo] = [luminance(a), luminance(b)].sort((x, y) => y - x);
+                return (hi + 0.05) / (lo + 0.05);
+            };
+            const backdrop = (node) => {
+                for (let n = node; n; n = n.parentElement) {
+                    const c = rgba(getComputedStyle(n).backgroundColor);
+                    if (c.a > 0.99) return c;
+                }
+                return { r: 255, g: 255, b: 255, a: 1 };
+            };
+            const failures = [];
+            for (const selector of selectors) {
+                for (const node of document.querySelectorAll(selector)) {
+                    if (!node.getClientRects().length || !node.textContent.trim()) continue;
+                    const r = ratio(rgba(getComputedStyle(node).color), backdrop(node));
+                    if (r < 4.5) failures.push(`${selector} "${node.textContent.trim().slice(0, 30)}": ${r.toFixed(2)}`);
+                }
+            }
+            for (const fill of document.querySelectorAll(".bar-fill")) {
+                const r = ratio(rgba(getComputedStyle(fill).backgroundColor), backdrop(fill.parentElement));
+                if (r < 3) failures.push(`bar ${fill.dataset.emotion}: ${r.toFixed(2)}`);
+            }
+            return failures;
+        }""",
+        list(TEXT_SELECTORS),
+    )
+
+
+def assert_result_matches(page: Any, expected: dict[str, Any]) -> None:
+    """The result on the page is the service's answer ``expected``: label, six bars, model."""
+    sync_api.expect(page.locator("#result-section")).to_be_visible()
+    sync_api.expect(page.locator("#result-label")).to_have_text(expected["label"])
+    bars = shown_bars(page)
+    assert list(bars) == list(EMOTIONS)
+    for emotion, probability in expected["probabilities"].items():
+        assert bars[emotion] == pytest.approx(100 * probability, abs=0.051), emotion
+    assert sum(bars.values()) == pytest.approx(100, abs=0.5)
+    sync_api.expect(page.locator("#result-confidence")).to_have_text(
+        f"{100 * expected['confidence']:.1f}% confident"
+    )
+    sync_api.expect(page.locator("#result-model")).to_have_text(
+        f"{expected['model']['name']}, version {expected['model']['version']}"
+    )
+    sync_api.expect(page.locator("#result-time")).to_contain_text("ms in the service")
+
+
+# --- tests ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.browser
+def test_upload_a_file_shows_the_label_six_bars_and_the_waveform(
+    ui: PageUnderTest, server: str, screenshot_dir: Path
+) -> None:
+    page = ui.open("/")
+    page.screenshot(path=screenshot_dir / "01-start.png", full_page=True)
+    audio = wav_bytes(synthetic_clip("happy", 2.0, seed=11))
+    expected = api_predict(server, "happy.wav", audio).json()
+
+    page.set_input_files(
+        "#file-input", files=[{"name": "happy.wav", "mimeType": "audio/wav", "buffer": audio}]
+    )
+    sync_api.expect(page.locator("#clip-duration")).to_have_text("(2.00 s)")
+    send = page.get_by_role("button", name="Analyse emotion")
+    sync_api.expect(send).to_be_enabled()
+
+    # Hold the request in the browser to see the page while it waits, then let it through.
+    held: list[Any] = []
+    page.route("**/v1/predict", lambda route: held.append(route))
+    send.click()
+    sync_api.expect(page.locator("#progress")).to_be_visible()
+    sync_api.expect(page.locator("#progress-text")).to_contain_text("Analysing")
+    sync_api.expect(send).to_be_disabled()
+    page.wait_for_timeout(600)  # the elapsed time is shown as it grows
+    sync_api.expect(page.locator("#progress-text")).to_have_text(re.compile(r"Analysing… \d+\.\d s"))
+    page.screenshot(path=screenshot_dir / "02-waiting.png", full_page=True)
+    assert len(held) == 1
+    held[0].continue_()
+
+    assert_result_matches(page, expected)
+    sync_api.expect(page.locator("#progress")).to_be_hidden()
+    sync_api.expect(page.locator("#result-for")).to_have_text("for happy.wav")
+    sync_api.expect(page.locator("#result-duration")).to_have_text("2.00 s")
+    sync_api.expect(page.locator("#waveform-caption")).to_contain_text("2.00 s")
+    assert drawn_pixels(page) > 1000
+    sync_api.expect(page.locator("#announce")).to_have_text(
+        f"Result: {expected['label']}, {100 * expected['confidence']:.1f}% confident."
+    )
+    assert len(ui.predict_requests) == 1
+    page.screenshot(path=screenshot_dir / "03-upload-result.png", full_page=True)
+
+
+@pytest.mark.browser
+def test_record_from_the_microphone_and_see_a_result(ui: PageUnderTest, screenshot_dir: Path) -> None:
+    page = ui.open("/emotion")
+    page.get_by_role("button", name="Record").click()
+    sync_api.expect(page.get_by_role("button", name="Stop")).to_be_visible()
+    page.wait_for_timeout(2_200)
+    elapsed = float(page.locator("#timer").inner_text().removesuffix(" s"))
+    assert 1.5 <= elapsed <= 3.5
+    page.screenshot(path=screenshot_dir / "04-recording.png", full_page=True)
+    page.get_by_role("button", name="Stop").click()
+
+    sync_api.expect(page.locator("#clip-name")).to_have_text("recording.webm")
+    send = page.get_by_role("button", name="Analyse emotion")
+    sync_api.expect(send).to_be_enabled()
+    with page.expect_response(lambda r: r.url.endswith("/v1/predict")) as answer:
+        send.click()
+    response = answer.value
+    assert response.status == 200, response.text()
+    assert response.request.headers["content-type"].startswith("multipart/form-data")
+    result = response.json()
+    assert 1.5 <= result["duration_s"] <= 3.5
+
+    assert_result_matches(page, result)
+    sync_api.expect(page.locator("#result-for")).to_have_text("for recording.webm")
+    assert drawn_pixels(page) > 1000
+    page.screenshot(path=screenshot_dir / "05-recording-result.png", full_page=True)
+
+
+@pytest.mark.browser
+def test_a_too_short_recording_shows_why_and_is_not_sent(ui: PageUnderTest, screenshot_dir: Path) -> None:
+    page = ui.open("/")
+    page.get_by_role("button", name="Record").click()
+    stop = page.get_by_role("button", name="Stop")
+    sync_api.expect(stop).to_be_visible()
+    page.wait_for_timeout(150)
+    stop.click()
+
+    error = page.get_by_role("alert")
+    sync_api.expect(error).to_be_visible()
+    sync_api.expect(error).to_contain_text("Too short: the recording is")
+    sync_api.expect(error).to_contain_text("the service needs at least 0.5 s of speech")
+    sync_api.expect(page.get_by_role("button", name="Analyse emotion")).to_be_disabled()
+    page.screenshot(path=screenshot_dir / "06-too-short.png", full_page=True)
+    assert ui.predict_requests == []
+
+    # The page stays usable: a good file clears the error and can be sent.
+    audio = wav_bytes(synthetic_clip("sad", 1.5, seed=5))
+    page.set_input_files("#file-input", files=[{"name": "sad.wav", "mimeType": "audio/wav", "buffer": audio}])
+    sync_api.expect(error).to_be_hidden()
+    page.get_by_role("button", name="Analyse emotion").click()
+    sync_api.expect(page.locator("#bars .bar-row")).to_have_count(6)
+
+
+@pytest.mark.browser
+def test_an_error_from_the_service_is_shown_in_its_words(
+    ui: PageUnderTest, server: str, screenshot_dir: Path
+) -> None:
+    refusal = api_predict(server, "notes.wav", NOT_AUDIO)
+    assert refusal.status_code == 415
+    page = ui.open("/")
+
+    # Dropped on the drop zone; the browser cannot decode it, so only the service can judge it.
+    transfer = page.evaluate_handle(
+        """(b64) => {
+            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([bytes], "notes.wav", { type: "audio/wav" }));
+            return transfer;
+        }""",
+        base64.b64encode(NOT_AUDIO).decode(),
+    )
+    page.dispatch_event("#dropzone", "drop", {"dataTransfer": transfer})
+    sync_api.expect(page.locator("#clip-name")).to_have_text("notes.wav")
+    send = page.get_by_role("button", name="Analyse emotion")
+    sync_api.expect(send).to_be_enabled()
+    send.click()
+
+    # The service's own words (the page starts them with a capital and ends them with a full stop).
+    error = page.get_by_role("alert")
+    sync_api.expect(error).to_have_text(re.compile(re.escape(refusal.json()["error"]), re.IGNORECASE))
+    sync_api.expect(send).to_be_enabled()
+    sync_api.expect(page.locator("#progress")).to_be_hidden()
+    sync_api.expect(page.locator("#result-section")).to_be_hidden()
+    assert contrast_failures(page) == []
+    page.screenshot(path=screenshot_dir / "07-service-error.png", full_page=True)
+
+
+@pytest.mark.browser
+def test_an_api_key_can_be_given_and_a_long_recording_stops_at_the_limit(
+    browser: Any, locked_server: str, screenshot_dir: Path
+) -> None:
+    ui = PageUnderTest(browser, locked_server, viewport={"width": 1100, "height": 900})
+    try:
+        page = ui.open("/", model_line="The service needs an API key: enter it under “API key” below.")
+        sync_api.expect(page.locator("#api-key-details")).to_have_attribute("open", "")
+        page.get_by_label("API key", exact=True).fill(API_KEY)
+        page.get_by_label("API key", exact=True).press("Tab")  # "change" asks /v1/info again, with the key
+        sync_api.expect(page.locator("#model-line")).to_have_text("Model: synthetic, version 1")
+        sync_api.expect(page.locator("#limits-hint")).to_contain_text("between 0.5 s and 2 s")
+
+        # Keep talking past the 2 s limit: the recording stops by itself, inside the limit.
+        page.get_by_role("button", name="Record").click()
+        sync_api.expect(page.get_by_role("button", name="Stop")).to_be_visible()
+        sync_api.expect(page.get_by_role("button", name="Record")).to_be_visible(timeout=5_000)
+        sync_api.expect(page.locator("#record-status")).to_contain_text("Stopped at the 2 s limit.")
+        with page.expect_response(lambda r: r.url.endswith("/v1/predict")) as answer:
+            page.get_by_role("button", name="Analyse emotion").click()
+        assert answer.value.request.headers.get("x-api-key") == API_KEY
+        assert answer.value.status == 200, answer.value.text()
+        assert 1.0 <= answer.value.json()["duration_s"] <= 2.0
+        sync_api.expect(page.locator("#bars .bar-row")).to_have_count(6)
+        page.screenshot(path=screenshot_dir / "08-api-key-auto-stop.png", full_page=True)
+
+        # The key lasts for the tab (sessionStorage): a reload still has it.
+        page.reload()
+        sync_api.expect(page.locator("#model-line")).to_have_text("Model: synthetic, version 1")
+    finally:
+        ui.close()
+
+
+@pytest.mark.browser
+def test_keyboard_alone_reaches_every_control(ui: PageUnderTest, screenshot_dir: Path) -> None:
+    page = ui.open("/")
+    audio = wav_bytes(synthetic_clip("angry", 1.5, seed=2))
+    page.set_input_files(
+        "#file-input", files=[{"name": "angry.wav", "mimeType": "audio/wav", "buffer": audio}]
+    )
+    sync_api.expect(page.get_by_role("button", name="Analyse emotion")).to_be_enabled()
+
+    page.locator("body").focus()
+    reached = []
+    for _ in range(20):
+        page.keyboard.press("Tab")
+        reached.append(page.evaluate("() => document.activeElement.id || document.activeElement.tagName"))
+        if reached[-1] == "file-input":
+            page.screenshot(path=screenshot_dir / "12-keyboard-focus.png")
+        if reached[-1] == "send-button":
+            break
+    assert reached.index("record-button") < reached.index("file-input") < reached.index("send-button")
+    assert "SUMMARY" in reached  # the API key field's disclosure
+    page.keyboard.press("Enter")
+    sync_api.expect(page.locator("#bars .bar-row")).to_have_count(6)
+
+
+@pytest.mark.browser
+def test_the_page_fits_a_phone(browser: Any, server: str, screenshot_dir: Path) -> None:
+    phone = PageUnderTest(
+        browser,
+        server,
+        viewport={"width": 390, "height": 844},
+        device_scale_factor=2,
+        is_mobile=True,
+        has_touch=True,
+    )
+    try:
+        page = phone.open("/")
+        page.screenshot(path=screenshot_dir / "09-phone-start.png", full_page=True)
+        audio = wav_bytes(synthetic_clip("fear", 2.5, seed=4))
+        page.set_input_files(
+            "#file-input", files=[{"name": "fear.wav", "mimeType": "audio/wav", "buffer": audio}]
+        )
+        page.get_by_role("button", name="Analyse emotion").click()
+        sync_api.expect(page.locator("#bars .bar-row")).to_have_count(6)
+        assert drawn_pixels(page) > 1000
+
+        # Nothing sticks out sideways, and the result's controls are not squeezed off screen.
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
+        for selector in ("#record-button", "#send-button", "#bars", "#waveform"):
+            box = page.locator(selector).bounding_box()
+            assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390, selector
+        assert contrast_failures(page) == []
+        page.screenshot(path=screenshot_dir / "10-phone-result.png", full_page=True)
+
+        page.emulate_media(color_scheme="dark")
+        assert contrast_failures(page) == []
+        assert drawn_pixels(page) > 1000
+        page.screenshot(path=screenshot_dir / "11-phone-result-dark.png", full_page=True)
+    finally:
+        phone.close()
