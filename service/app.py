@@ -1,0 +1,121 @@
+"""The app factory and its lifespan.
+
+``create_app`` builds the FastAPI app; nothing heavy happens at import time or in the factory. The
+lifespan checks that ``SER_BUNDLE`` names a bundle (a wrong path fails the start-up at once), then
+loads, verifies and warms up the model in the background, so ``/health`` and ``/ready`` answer while it
+loads. On shutdown it stops admitting work, drains the batcher and releases the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from service import __version__
+from service.engine import InferenceEngine, PredictorFactory
+from service.errors import install_error_handlers
+from service.logs import configure_logging
+from service.metrics import ServiceMetrics
+from service.middleware import REQUEST_ID_HEADER, BodySizeLimitMiddleware, RequestContextMiddleware
+from service.routes import guarded, public
+from service.schemas import Base64AudioRequest
+from service.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """
+Speech emotion recognition: send an utterance (WAV, FLAC, MP3, OGG, Opus, WebM, M4A...; 0.5 to 30 s by
+default), get one of six emotions (neutral, happy, sad, angry, fear, disgust) with all six probabilities.
+
+Errors are `{"error": "...", "error_type": "<stable code>"}`; 503 replies carry `Retry-After`.
+Every response has an `X-Request-ID` header (the client's own, if it sent a sane one).
+"""
+
+
+def _web_mounter() -> Any:
+    try:
+        from service.web import mount_web
+    except ModuleNotFoundError as exc:
+        if exc.name != "service.web":
+            raise
+        return None
+    return mount_web
+
+
+def create_app(
+    settings: ServiceSettings | None = None, *, predictor_factory: PredictorFactory | None = None
+) -> FastAPI:
+    """Build the service's app.
+
+    Args:
+        settings: the settings; read from ``SER_*`` environment variables when omitted.
+        predictor_factory: builds the predictor from (settings, bundle folder); defaults to
+            ``service.engine.load_predictor``.
+    """
+    settings = settings or ServiceSettings()
+    configure_logging(settings.log_level, json_lines=settings.log_json)
+    metrics = ServiceMetrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = InferenceEngine(settings, metrics, predictor_factory)
+        app.state.engine = engine
+        bundle_dir = engine.resolve()
+        log.info("starting; bundle %s", bundle_dir)
+        loading = asyncio.create_task(engine.start(), name="ser-load-model")
+        try:
+            yield
+        finally:
+            log.info("shutting down")
+            if not loading.done():
+                loading.cancel()
+                await asyncio.gather(loading, return_exceptions=True)
+            await engine.stop()
+
+    app = FastAPI(
+        title="Speech emotion recognition",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.engine = InferenceEngine(settings, metrics, predictor_factory)  # replaced by the lifespan's
+
+    install_error_handlers(app, retry_after_s=settings.retry_after_s)
+    app.include_router(public)
+    app.include_router(guarded)
+
+    # Added last = outermost: request ids and access logs cover CORS answers and 413 refusals too.
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Content-Type", "X-API-Key", REQUEST_ID_HEADER],
+            expose_headers=[REQUEST_ID_HEADER, "Retry-After"],
+        )
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+
+    mount_web = _web_mounter()
+    if mount_web is not None:
+        mount_web(app)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = FastAPI.openapi(app)
+            # The JSON body of /v1/predict is declared by hand (the route reads it itself): add its model.
+            schema.setdefault("components", {}).setdefault("schemas", {})["Base64AudioRequest"] = (
+                Base64AudioRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            )
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

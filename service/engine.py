@@ -1,0 +1,289 @@
+"""The inference engine: loads the predictor, owns the micro-batcher and the decode pool.
+
+Start-up runs in order: resolve the bundle, load and verify it and its backbone, warm up with a dummy
+batch, then report ready. Loading happens on a background thread so that ``/health`` and ``/ready``
+answer meanwhile. Decoding runs on a small thread pool and inference on the batcher's thread: the event
+loop only waits on futures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+
+from service.batching import BatchedPrediction, MicroBatcher
+from service.errors import NotReadyError, RequestTimeoutError
+from service.metrics import ServiceMetrics
+from service.settings import ServiceSettings
+from shared.audio import AudioLimits, load_audio
+from shared.bundle import resolve_bundle_dir
+from shared.constants import SAMPLE_RATE
+from shared.predictor import Prediction, Predictor
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+State = Literal["starting", "loading", "warming_up", "ready", "failed", "stopping", "stopped"]
+PredictorFactory = Callable[[ServiceSettings, Path], Predictor]
+
+
+def load_predictor(settings: ServiceSettings, bundle_dir: Path) -> Predictor:
+    """Load the bundle at ``bundle_dir`` and its backbone as ``settings`` ask (blocking).
+
+    Raises:
+        BundleError: the bundle is refused; BackboneError: the encoder cannot be loaded.
+    """
+    if settings.torch_threads > 0:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
+    return Predictor.from_bundle(
+        bundle_dir,
+        device=settings.device,
+        dtype=settings.dtype,
+        max_batch_size=settings.max_batch_size,
+        model_override=settings.backbone_model,
+        local_files_only=settings.offline,
+    )
+
+
+@dataclass(frozen=True)
+class Served:
+    """One utterance's prediction with its duration and stage timings (seconds)."""
+
+    prediction: Prediction
+    duration_s: float
+    decode_s: float
+    queue_s: float
+    inference_s: float
+    total_s: float
+    batch_size: int
+
+
+def _run_in_daemon_thread(fn: Callable[[], T], name: str) -> concurrent.futures.Future[T]:
+    # A daemon thread: a model still loading must not hold up the process's exit.
+    future: concurrent.futures.Future[T] = concurrent.futures.Future()
+    context = contextvars.copy_context()
+
+    def target() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(context.run(fn))
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=target, name=name, daemon=True).start()
+    return future
+
+
+class InferenceEngine:
+    """Everything between a request's bytes and its prediction.
+
+    Args:
+        settings: the service settings.
+        metrics: where to record batch and queue metrics.
+        predictor_factory: builds the predictor from (settings, bundle folder); ``load_predictor`` by
+            default. Tests pass a wrapper to make loading observable.
+    """
+
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        metrics: ServiceMetrics,
+        predictor_factory: PredictorFactory | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self._factory = predictor_factory or load_predictor
+        self.limits = AudioLimits(
+            min_seconds=settings.min_seconds,
+            max_seconds=settings.max_seconds,
+            silence_dbfs=settings.silence_dbfs,
+        )
+        self.state: State = "starting"
+        self.error: str | None = None
+        self.bundle_dir: Path | None = None
+        self.predictor: Predictor | None = None
+        self.batcher: MicroBatcher | None = None
+        self.description: dict[str, Any] = {}
+        self.load_seconds: float | None = None
+        self._decode_pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=settings.worker_threads, thread_name_prefix="ser-decode"
+        )
+
+    # -- life cycle -----------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
+
+    def resolve(self) -> Path:
+        """Find the bundle folder now (cheap), so a wrong ``SER_BUNDLE`` fails the start-up at once.
+
+        Raises:
+            BundleNotFoundError: nothing that looks like a bundle is there.
+        """
+        self.bundle_dir = resolve_bundle_dir(self.settings.bundle)
+        return self.bundle_dir
+
+    async def start(self) -> None:
+        """Load, verify and warm up the model, then start the batcher and report ready.
+
+        A failure is logged and leaves the engine in state ``failed`` (``/ready`` says why); it is not
+        raised, so the process keeps answering ``/health``.
+        """
+        started = time.perf_counter()
+        bundle_dir = self.bundle_dir or self.resolve()
+        self.state = "loading"
+        log.info("loading the bundle at %s", bundle_dir)
+        try:
+            predictor = await asyncio.wrap_future(
+                _run_in_daemon_thread(lambda: self._factory(self.settings, bundle_dir), "ser-load")
+            )
+            self.state = "warming_up"
+            log.info("warming up %s/%s", predictor.bundle.name, predictor.bundle.version)
+            await asyncio.wrap_future(
+                _run_in_daemon_thread(
+                    lambda: predictor.warmup(seconds=1.0, batch_size=self.settings.max_batch_size),
+                    "ser-warmup",
+                )
+            )
+        except asyncio.CancelledError:
+            self.state = "stopped"
+            raise
+        except Exception as exc:
+            self.state = "failed"
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.error("the model could not be loaded: %s", self.error, exc_info=exc)
+            return
+        if self.state != "warming_up":  # stop() ran while we were loading
+            return
+        self.predictor = predictor
+        self.description = predictor.describe()
+        self.batcher = MicroBatcher(
+            predictor.predict_batch,
+            max_batch_size=self.settings.max_batch_size,
+            max_wait_s=self.settings.max_batch_wait_ms / 1000.0,
+            queue_depth=self.settings.queue_depth,
+            on_batch=self.metrics.observe_batch,
+        )
+        self.metrics.track_queue(
+            lambda: float(self.batcher.queue_size if self.batcher else 0), self.settings.queue_depth
+        )
+        self.metrics.model_info.info(
+            {
+                "name": predictor.bundle.name,
+                "version": predictor.bundle.version,
+                "backbone": str(self.description["backbone"].get("kind")),
+                "backbone_model": str(self.description["backbone"].get("model")),
+                "dtype": str(self.description["serving_dtype"]),
+            }
+        )
+        self.load_seconds = time.perf_counter() - started
+        self.state = "ready"
+        self.metrics.ready.set(1)
+        log.info(
+            "ready: serving %s/%s (%s) after %.1f s",
+            predictor.bundle.name,
+            predictor.bundle.version,
+            self.description["backbone"].get("kind"),
+            self.load_seconds,
+        )
+
+    async def stop(self) -> None:
+        """Stop admitting, finish what is queued, then release the model and the decode pool."""
+        if self.state in ("stopping", "stopped"):
+            return
+        self.state = "stopping"
+        self.metrics.ready.set(0)
+        batcher = self.batcher
+        if batcher is not None:
+            log.info("draining %d queued utterances", batcher.queue_size)
+            await asyncio.to_thread(batcher.close, drain=True)
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)
+        self.predictor = None
+        self.batcher = None
+        self.state = "stopped"
+        log.info("stopped")
+
+    # -- serving ---------------------------------------------------------------------------------
+
+    def require_ready(self) -> MicroBatcher:
+        """The batcher, or ``NotReadyError`` saying why there is none."""
+        if self.state == "ready" and self.batcher is not None:
+            return self.batcher
+        if self.state == "failed":
+            raise NotReadyError(f"the model failed to load ({self.error}); see the service logs")
+        if self.state in ("stopping", "stopped"):
+            raise NotReadyError("the service is shutting down; retry on another instance")
+        raise NotReadyError(f"the model is not ready yet ({self.state.replace('_', ' ')}); retry shortly")
+
+    async def decode(self, data: bytes) -> np.ndarray:
+        """Decode and check an upload on the decode pool: float32 ``[n_samples]`` at 16 kHz.
+
+        Raises:
+            AudioError (and subclasses): see ``shared.audio.load_audio``.
+        """
+        context = contextvars.copy_context()
+        call = functools.partial(context.run, load_audio, data, self.limits)
+        return await asyncio.get_running_loop().run_in_executor(self._decode_pool, call)
+
+    async def predict_bytes(self, data: bytes) -> Served:
+        """Decode one upload and predict it through the batcher.
+
+        Raises:
+            NotReadyError, OverloadedError, RequestTimeoutError; AudioError from decoding; whatever the
+            model raised.
+        """
+        batcher = self.require_ready()
+        batcher.check_capacity(1)  # refuse before spending time on decoding
+        start = time.perf_counter()
+
+        async def decode_then_predict() -> tuple[np.ndarray, float, BatchedPrediction]:
+            batcher.announce()
+            try:
+                waveform = await self.decode(data)
+            except BaseException:
+                batcher.withdraw()
+                raise
+            decoded = time.perf_counter()
+            return waveform, decoded, await batcher.submit(waveform, announced=True)
+
+        try:
+            waveform, decoded, result = await asyncio.wait_for(
+                decode_then_predict(), self.settings.request_timeout_s
+            )
+        except asyncio.TimeoutError as exc:
+            raise RequestTimeoutError(
+                f"the prediction took longer than {self.settings.request_timeout_s:g} s; retry shortly"
+            ) from exc
+        total = time.perf_counter() - start
+        served = Served(
+            prediction=result.prediction,
+            duration_s=waveform.shape[0] / SAMPLE_RATE,
+            decode_s=decoded - start,
+            queue_s=result.queue_s,
+            inference_s=result.inference_s,
+            total_s=total,
+            batch_size=result.batch_size,
+        )
+        for stage, seconds in (
+            ("decode", served.decode_s),
+            ("queue", served.queue_s),
+            ("inference", served.inference_s),
+            ("total", served.total_s),
+        ):
+            self.metrics.stage_latency.labels(stage).observe(seconds)
+        return served

@@ -1,0 +1,203 @@
+"""The one table from error kind to HTTP status, the service's own errors, and the exception handlers.
+
+Every error reply is ``{"error": "<what was wrong and what is accepted>", "error_type": "<stable code>"}``.
+Domain errors (``shared.errors``) and the service errors below carry their ``error_type``; the status
+comes from ``ERROR_STATUS`` only, looked up along the exception's class hierarchy, so a new subclass
+of a known error gets its parent's status until it has its own row.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from shared.errors import SERError
+
+log = logging.getLogger(__name__)
+
+
+class ServiceError(SERError):
+    """An error raised at the HTTP edge (not by the model or the audio code)."""
+
+    error_type = "service_error"
+
+
+class InvalidRequestError(ServiceError):
+    """The request is not shaped as the endpoint expects (a missing field, malformed JSON or multipart)."""
+
+    error_type = "invalid_request"
+
+
+class InvalidBase64Error(InvalidRequestError):
+    """``audio_base64`` is not valid base64."""
+
+    error_type = "invalid_base64"
+
+
+class TooManyFilesError(InvalidRequestError):
+    """A batch request carries more files than ``max_batch_files``."""
+
+    error_type = "too_many_files"
+
+
+class UnsupportedMediaTypeError(ServiceError):
+    """The request's Content-Type is none of those accepted."""
+
+    error_type = "unsupported_media_type"
+
+
+class PayloadTooLargeError(ServiceError):
+    """The request body is larger than ``max_upload_bytes``."""
+
+    error_type = "payload_too_large"
+
+
+class UnauthorizedError(ServiceError):
+    """API keys are configured and the request has none of them."""
+
+    error_type = "unauthorized"
+
+
+class RetryableError(ServiceError):
+    """A refusal the client should retry later; the reply carries ``Retry-After``."""
+
+    error_type = "retryable"
+
+
+class NotReadyError(RetryableError):
+    """The model is not loaded (still loading, failed to load, or shutting down)."""
+
+    error_type = "not_ready"
+
+
+class OverloadedError(RetryableError):
+    """The inference queue is full: admission control refuses instead of queueing without bound."""
+
+    error_type = "overloaded"
+
+
+class RequestTimeoutError(RetryableError):
+    """The prediction did not finish within ``request_timeout_s``."""
+
+    error_type = "timeout"
+
+
+class ClientDisconnectedError(ServiceError):
+    """The client went away before its result was ready; its work was dropped."""
+
+    error_type = "client_disconnected"
+
+
+#: error_type -> HTTP status. The only place where statuses are chosen.
+ERROR_STATUS: dict[str, int] = {
+    # audio (shared.errors)
+    "unsupported_format": 415,
+    "audio_decode_error": 422,
+    "audio_too_short": 422,
+    "audio_too_long": 422,
+    "audio_silent": 422,
+    "audio_error": 422,
+    # request shape
+    "invalid_request": 422,
+    "invalid_base64": 422,
+    "too_many_files": 422,
+    "unsupported_media_type": 415,
+    "payload_too_large": 413,
+    "unauthorized": 401,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    # capacity and state (sent with Retry-After)
+    "not_ready": 503,
+    "overloaded": 503,
+    "timeout": 503,
+    "retryable": 503,
+    # nobody reads this reply; 499 is the de-facto code for "client closed request"
+    "client_disconnected": 499,
+    # server side: the bundle or the encoder failed, or a bug
+    "bundle_error": 500,
+    "backbone_error": 500,
+    "service_error": 500,
+    "ser_error": 500,
+    "internal_error": 500,
+}
+
+_HTTP_STATUS_TYPES = {
+    400: "invalid_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    503: "not_ready",
+}
+
+
+def status_for(exc: SERError) -> int:
+    """The HTTP status of a domain or service error (500 for kinds the table does not know)."""
+    for cls in type(exc).__mro__:
+        code = getattr(cls, "error_type", None)
+        if code in ERROR_STATUS:
+            return ERROR_STATUS[code]
+    return 500
+
+
+def error_body(error: str, error_type: str) -> dict[str, str]:
+    return {"error": error, "error_type": error_type}
+
+
+def error_response(exc: SERError, *, retry_after_s: int = 1) -> JSONResponse:
+    """The JSON reply for a domain or service error; retryable ones carry ``Retry-After``."""
+    headers = None
+    if isinstance(exc, RetryableError):
+        headers = {"Retry-After": str(retry_after_s)}
+    elif isinstance(exc, UnauthorizedError):
+        headers = {"WWW-Authenticate": 'ApiKey header="X-API-Key"'}
+    return JSONResponse(error_body(exc.message, exc.error_type), status_code=status_for(exc), headers=headers)
+
+
+def describe_validation_error(errors: list[Any]) -> str:
+    """A readable one-line summary of pydantic/FastAPI validation errors."""
+    parts = []
+    for err in errors:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "request"
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+    return "invalid request: " + "; ".join(parts)
+
+
+def install_error_handlers(app: FastAPI, *, retry_after_s: int = 1) -> None:
+    """Register handlers so that every error reply has the ``{"error", "error_type"}`` shape."""
+
+    async def on_domain_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, SERError)
+        if status_for(exc) >= 500 and not isinstance(exc, RetryableError):
+            log.error("%s: %s", exc.error_type, exc.message)
+        return error_response(exc, retry_after_s=retry_after_s)
+
+    async def on_http_exception(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        code = _HTTP_STATUS_TYPES.get(
+            exc.status_code, "internal_error" if exc.status_code >= 500 else "http_error"
+        )
+        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        return JSONResponse(error_body(detail, code), status_code=exc.status_code, headers=exc.headers)
+
+    async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return JSONResponse(
+            error_body(describe_validation_error(list(exc.errors())), "invalid_request"), status_code=422
+        )
+
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error while handling %s %s", request.method, request.url.path)
+        return JSONResponse(error_body("internal server error", "internal_error"), status_code=500)
+
+    app.add_exception_handler(SERError, on_domain_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_exception)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(Exception, on_unexpected)

@@ -1,0 +1,485 @@
+"""The HTTP routes: prediction (single, batch, and the design document's alias), health, info, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import secrets
+from collections.abc import Awaitable
+from typing import Annotated, Any, TypeVar
+
+from fastapi import APIRouter, Depends, Request, Security
+from fastapi.security import APIKeyHeader
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from service.engine import InferenceEngine, Served
+from service.errors import (
+    ClientDisconnectedError,
+    InvalidBase64Error,
+    InvalidRequestError,
+    TooManyFilesError,
+    UnauthorizedError,
+    UnsupportedMediaTypeError,
+    describe_validation_error,
+    status_for,
+)
+from service.metrics import ServiceMetrics
+from service.schemas import (
+    Base64AudioRequest,
+    BatchItem,
+    BatchResponse,
+    ErrorBody,
+    HealthResponse,
+    InfoResponse,
+    ModelRef,
+    PredictionResponse,
+    ReadyResponse,
+    TimingsMs,
+)
+from shared.audio import SUPPORTED_FORMATS
+from shared.constants import EMOTIONS
+from shared.errors import SERError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+HOW_TO_SEND = (
+    "send the audio as multipart/form-data with the file in the field 'file', as JSON "
+    '{"audio_base64": "..."}, or as the raw body with Content-Type audio/*'
+)
+
+# --- dependencies ----------------------------------------------------------------------------------
+
+
+def get_engine(request: Request) -> InferenceEngine:
+    return request.app.state.engine  # type: ignore[no-any-return]
+
+
+def get_metrics(request: Request) -> ServiceMetrics:
+    return request.app.state.metrics  # type: ignore[no-any-return]
+
+
+EngineDep = Annotated[InferenceEngine, Depends(get_engine)]
+MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
+
+api_key_header = APIKeyHeader(
+    name="X-API-Key",
+    auto_error=False,
+    description="Needed on /v1 routes and /emotion_predict when the service has SER_API_KEYS set.",
+)
+
+
+async def require_api_key(request: Request, key: Annotated[str | None, Security(api_key_header)]) -> None:
+    """Pass when no keys are configured or the X-API-Key header holds one of them; else 401."""
+    keys: list[str] = request.app.state.settings.api_keys
+    if not keys:
+        return
+    # Compare against every key in constant time, so timing reveals nothing about them.
+    offered = (key or "").encode()
+    matched = False
+    for candidate in keys:
+        matched |= secrets.compare_digest(offered, candidate.encode())
+    if not matched:
+        raise UnauthorizedError(
+            "a valid API key is required in the X-API-Key header" if key else "missing X-API-Key header"
+        )
+
+
+# --- OpenAPI documentation ------------------------------------------------------------------------
+
+_FILE_SCHEMA = {"type": "string", "format": "binary", "contentMediaType": "application/octet-stream"}
+
+PREDICT_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": f"One audio file. Accepted formats: {SUPPORTED_FORMATS}.",
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "title": "AudioUpload",
+                    "required": ["file"],
+                    "properties": {"file": {**_FILE_SCHEMA, "description": "The audio file."}},
+                }
+            },
+            "application/json": {"schema": {"$ref": "#/components/schemas/Base64AudioRequest"}},
+            "audio/*": {"schema": _FILE_SCHEMA},
+        },
+    }
+}
+
+BATCH_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": f"Several audio files, each in a 'files' field. Accepted formats: {SUPPORTED_FORMATS}.",
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "title": "BatchAudioUpload",
+                    "required": ["files"],
+                    "properties": {"files": {"type": "array", "items": _FILE_SCHEMA}},
+                }
+            }
+        },
+    }
+}
+
+
+def _err(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
+
+
+RETRY_LATER = "Not ready (loading or shutting down), overloaded (queue full) or timed out; has Retry-After."
+PREDICT_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: _err("unauthorized: API keys are configured and X-API-Key holds none of them."),
+    413: _err("payload_too_large: the request body is over max_upload_bytes."),
+    415: _err("unsupported_format (not audio, or an unsupported format) or unsupported_media_type."),
+    422: _err(
+        "audio_too_short, audio_too_long, audio_silent, audio_decode_error (corrupt or empty), "
+        "invalid_request (missing 'file', malformed body) or invalid_base64."
+    ),
+    500: _err("internal_error."),
+    503: _err(RETRY_LATER),
+}
+BATCH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: PREDICT_ERRORS[401],
+    413: PREDICT_ERRORS[413],
+    415: _err("unsupported_media_type: the request is not multipart/form-data."),
+    422: _err("invalid_request (no files, malformed multipart) or too_many_files."),
+    500: PREDICT_ERRORS[500],
+    503: PREDICT_ERRORS[503],
+}
+
+
+# --- reading uploads --------------------------------------------------------------------------------
+
+
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+async def _read_form(request: Request, *, max_files: int) -> Any:
+    try:
+        return await request.form(max_files=max_files, max_fields=16)
+    except StarletteHTTPException as exc:  # starlette reports malformed multipart and too many files so
+        raise InvalidRequestError(f"malformed multipart body: {exc.detail}") from exc
+
+
+def decode_base64_audio(text: str) -> bytes:
+    """The bytes of ``audio_base64`` (standard or URL-safe alphabet, whitespace and a data: URL prefix allowed).
+
+    Raises:
+        InvalidBase64Error: not valid base64.
+    """
+    text = text.strip()
+    if text.startswith("data:"):
+        header, sep, rest = text.partition(",")
+        if not sep or not header.endswith(";base64"):
+            raise InvalidBase64Error(
+                "audio_base64 is a data: URL without ';base64,'; send the file's bytes in base64"
+            )
+        text = rest
+    compact = "".join(text.split())
+    try:
+        if "-" in compact or "_" in compact:
+            return base64.b64decode(compact, altchars=b"-_", validate=True)
+        return base64.b64decode(compact, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidBase64Error(
+            f"audio_base64 is not valid base64 ({exc}); send the file's bytes in base64"
+        ) from exc
+
+
+async def read_single_audio(request: Request) -> tuple[bytes, str | None]:
+    """The one audio file of a prediction request, and its name where one was given.
+
+    Raises:
+        InvalidRequestError, InvalidBase64Error, UnsupportedMediaTypeError.
+    """
+    media = _media_type(request)
+    if media == "multipart/form-data":
+        form = await _read_form(request, max_files=1)
+        try:
+            upload = form.get("file")
+            if upload is None:
+                raise InvalidRequestError(f"the multipart body has no 'file' field; {HOW_TO_SEND}")
+            if not isinstance(upload, UploadFile):
+                raise InvalidRequestError("the 'file' field must be a file upload, not a text value")
+            return await upload.read(), upload.filename
+        finally:
+            await form.close()
+    if media == "application/json" or media.endswith("+json"):
+        body = await request.body()
+        try:
+            payload = Base64AudioRequest.model_validate_json(body)
+        except ValidationError as exc:
+            raise InvalidRequestError(describe_validation_error(list(exc.errors()))) from exc
+        return decode_base64_audio(payload.audio_base64), payload.filename
+    if media.startswith("audio/") or media == "application/octet-stream":
+        return await request.body(), None
+    body = await request.body()
+    if not body:
+        raise InvalidRequestError(f"the request body is empty; {HOW_TO_SEND}")
+    what = f"Content-Type {media!r}" if media else "a request without Content-Type"
+    raise UnsupportedMediaTypeError(f"{what} is not accepted; {HOW_TO_SEND}")
+
+
+async def read_batch_audio(request: Request, max_files: int) -> list[tuple[bytes, str | None]]:
+    """The files of a batch request (fields 'files' or 'file'), in order.
+
+    Raises:
+        InvalidRequestError, TooManyFilesError, UnsupportedMediaTypeError.
+    """
+    if _media_type(request) != "multipart/form-data":
+        raise UnsupportedMediaTypeError(
+            "a batch must be multipart/form-data with each audio file in a field named 'files'"
+        )
+    form = await _read_form(request, max_files=max_files + 1)
+    try:
+        uploads = [value for key, value in form.multi_items() if key in ("files", "file")]
+        if not uploads:
+            raise InvalidRequestError("the multipart body has no 'files' field: put each audio file in one")
+        if len(uploads) > max_files:
+            raise TooManyFilesError(f"a batch may hold at most {max_files} files, got {len(uploads)}")
+        files = []
+        for value in uploads:
+            if not isinstance(value, UploadFile):
+                raise InvalidRequestError("every 'files' field must be a file upload, not a text value")
+            files.append((await value.read(), value.filename))
+        return files
+    finally:
+        await form.close()
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work``, but cancel it (so queued utterances are skipped) if the client goes away."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+    if task.done() and not task.cancelled():
+        return task.result()
+    raise ClientDisconnectedError("the client closed the connection before its result was ready")
+
+
+def request_id_of(request: Request) -> str:
+    return str(getattr(request.state, "request_id", "-"))
+
+
+def to_response(served: Served, engine: InferenceEngine, request_id: str) -> PredictionResponse:
+    p = served.prediction
+    return PredictionResponse(
+        label=p.label,  # type: ignore[arg-type]
+        confidence=p.confidence,
+        probabilities={label: p.probabilities[label] for label in EMOTIONS},
+        duration_s=round(served.duration_s, 4),
+        model=model_ref(engine),
+        batch_size=served.batch_size,
+        timings_ms=TimingsMs(
+            decode=round(served.decode_s * 1000, 3),
+            queue=round(served.queue_s * 1000, 3),
+            inference=round(served.inference_s * 1000, 3),
+            total=round(served.total_s * 1000, 3),
+        ),
+        request_id=request_id,
+    )
+
+
+def model_ref(engine: InferenceEngine) -> ModelRef:
+    return ModelRef(name=str(engine.description.get("name")), version=str(engine.description.get("version")))
+
+
+# --- routes -------------------------------------------------------------------------------------
+
+public = APIRouter()
+guarded = APIRouter(dependencies=[Depends(require_api_key)])
+
+
+async def _predict_one(
+    request: Request, engine: InferenceEngine, metrics: ServiceMetrics, endpoint: str
+) -> PredictionResponse:
+    try:
+        engine.require_ready()  # refuse before reading the body
+        data, filename = await read_single_audio(request)
+        served = await unless_disconnected(request, engine.predict_bytes(data))
+    except SERError as exc:
+        metrics.predictions.labels(endpoint, exc.error_type).inc()
+        if not isinstance(exc, ClientDisconnectedError):
+            log.info("refused %s: %s (%s)", endpoint, exc.error_type, exc.message)
+        raise
+    except Exception:
+        metrics.predictions.labels(endpoint, "internal_error").inc()
+        raise
+    metrics.predictions.labels(endpoint, "ok").inc()
+    log.info(
+        "predicted %s (%.2f) for %s, %.2f s of audio",
+        served.prediction.label,
+        served.prediction.confidence,
+        filename or "upload",
+        served.duration_s,
+    )
+    return to_response(served, engine, request_id_of(request))
+
+
+@guarded.post(
+    "/v1/predict",
+    response_model=PredictionResponse,
+    responses=PREDICT_ERRORS,
+    openapi_extra=PREDICT_BODY,
+    summary="Predict the emotion of one audio file",
+    tags=["prediction"],
+)
+async def predict(request: Request, engine: EngineDep, metrics: MetricsDep) -> PredictionResponse:
+    """One audio file as multipart (field `file`), JSON `{"audio_base64": "..."}`, or a raw `audio/*` body.
+
+    Returns the most probable emotion, all six probabilities (they sum to 1), the audio's duration, the
+    bundle's name and version, and where the time went.
+    """
+    return await _predict_one(request, engine, metrics, "/v1/predict")
+
+
+@guarded.post(
+    "/emotion_predict",
+    response_model=PredictionResponse,
+    responses=PREDICT_ERRORS,
+    openapi_extra=PREDICT_BODY,
+    summary="Alias of POST /v1/predict (the design document's endpoint)",
+    tags=["prediction"],
+    deprecated=True,
+)
+async def emotion_predict(request: Request, engine: EngineDep, metrics: MetricsDep) -> PredictionResponse:
+    """Kept for existing clients; identical to `POST /v1/predict`."""
+    return await _predict_one(request, engine, metrics, "/emotion_predict")
+
+
+@guarded.post(
+    "/v1/predict/batch",
+    response_model=BatchResponse,
+    responses=BATCH_ERRORS,
+    openapi_extra=BATCH_BODY,
+    summary="Predict the emotion of several audio files",
+    tags=["prediction"],
+)
+async def predict_batch(request: Request, engine: EngineDep, metrics: MetricsDep) -> BatchResponse:
+    """Several audio files in one multipart request (each in a field named `files`).
+
+    Returns one item per file, in upload order: a result, or the error that file alone would have had.
+    The files are decoded in parallel and share model batches.
+    """
+    endpoint = "/v1/predict/batch"
+    request_id = request_id_of(request)
+    try:
+        engine.require_ready()
+        files = await read_batch_audio(request, engine.settings.max_batch_files)
+        engine.require_ready().check_capacity(len(files))
+        outcomes = await unless_disconnected(
+            request,
+            asyncio.gather(*(engine.predict_bytes(data) for data, _ in files), return_exceptions=True),
+        )
+    except SERError as exc:
+        metrics.predictions.labels(endpoint, exc.error_type).inc()
+        raise
+    items = []
+    for index, ((_, filename), outcome) in enumerate(zip(files, outcomes, strict=True)):
+        if isinstance(outcome, Served):
+            metrics.predictions.labels(endpoint, "ok").inc()
+            items.append(
+                BatchItem(
+                    index=index,
+                    filename=filename,
+                    ok=True,
+                    status=200,
+                    result=to_response(outcome, engine, request_id),
+                )
+            )
+            continue
+        if isinstance(outcome, SERError):
+            error = ErrorBody(error=outcome.message, error_type=outcome.error_type)
+            status = status_for(outcome)
+        else:
+            log.error("unexpected error on batch item %d", index, exc_info=outcome)
+            error = ErrorBody(error="internal server error", error_type="internal_error")
+            status = 500
+        metrics.predictions.labels(endpoint, error.error_type).inc()
+        items.append(BatchItem(index=index, filename=filename, ok=False, status=status, error=error))
+    log.info("batch of %d files: %d ok", len(items), sum(item.ok for item in items))
+    return BatchResponse(results=items, request_id=request_id)
+
+
+@public.get(
+    "/health", response_model=HealthResponse, summary="Liveness: the process answers", tags=["operations"]
+)
+async def health(engine: EngineDep) -> HealthResponse:
+    """Always 200 while the process runs; `model_state` says where loading stands."""
+    return HealthResponse(model_state=engine.state)
+
+
+@public.get(
+    "/ready",
+    response_model=ReadyResponse,
+    responses={503: _err("not_ready: the model is loading, failed to load, or the service is stopping.")},
+    summary="Readiness: the model is loaded and warmed up",
+    tags=["operations"],
+)
+async def ready(engine: EngineDep) -> ReadyResponse:
+    """200 once the model is loaded and warmed up; 503 (with Retry-After) before that and while stopping."""
+    engine.require_ready()
+    return ReadyResponse(model=model_ref(engine))
+
+
+@guarded.get(
+    "/v1/info",
+    response_model=InfoResponse,
+    responses={401: PREDICT_ERRORS[401]},
+    summary="What is served: bundle, labels, metrics and effective settings",
+    tags=["operations"],
+)
+async def info(request: Request, engine: EngineDep) -> InfoResponse:
+    from service import __version__
+
+    description = dict(engine.description)
+    return InfoResponse(
+        service_version=__version__,
+        model_state=engine.state,
+        model=model_ref(engine) if description else None,
+        labels=list(EMOTIONS),
+        bundle={k: v for k, v in description.items() if k not in ("labels", "metrics")},
+        metrics=description.get("metrics", {}),
+        load_seconds=engine.load_seconds,
+        settings=engine.settings.public_dict(),
+        accepted_formats=SUPPORTED_FORMATS,
+    )
+
+
+@public.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}, "description": "Prometheus text format."}
+    },
+    summary="Prometheus metrics",
+    tags=["operations"],
+)
+async def metrics_endpoint(metrics: MetricsDep) -> Response:
+    """Request counts by route and status, predictions by outcome, latency histograms per stage, queue
+    depth, batch sizes, model readiness."""
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,180 @@
+"""Every serving knob in one place: ``ServiceSettings``, read from ``SER_*`` environment variables.
+
+Each field documents its unit and default; ``GET /v1/info`` echoes the effective values (API keys are
+never echoed, only how many there are). List settings (``SER_CORS_ORIGINS``, ``SER_API_KEYS``) accept
+a comma-separated string as well as a JSON list.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from shared.constants import DEFAULT_MAX_SECONDS, DEFAULT_MIN_SECONDS, DEFAULT_SILENCE_DBFS
+
+MIB = 1024 * 1024
+
+
+def _default_worker_threads() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+class ServiceSettings(BaseSettings):
+    """Settings of the inference service (environment prefix ``SER_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="SER_", extra="ignore", validate_default=True)
+
+    # --- model -------------------------------------------------------------------------------
+    bundle: Path = Field(
+        default=Path("artifacts"),
+        description="A bundle folder (holding manifest.json), a <name> folder of versions, or an artifacts "
+        "root: the newest bundle found there is served.",
+    )
+    device: str = Field(
+        default="auto",
+        pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+        description="Where the speech encoder runs: 'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'. "
+        "eGeMAPS bundles always run on the CPU.",
+    )
+    dtype: Literal["fp32", "bf16", "fp16"] = Field(
+        default="fp32", description="Precision of the speech encoder: fp32, bf16, or fp16 (CUDA only)."
+    )
+    backbone_model: str | None = Field(
+        default=None,
+        description="Load the encoder weights from this local folder instead of the manifest's hub id "
+        "(it must hold the same checkpoint).",
+    )
+    hf_offline: bool = Field(
+        default=False,
+        description="Never contact the Hugging Face hub: the encoder must be in the local cache or a local "
+        "folder. Also implied by HF_HUB_OFFLINE=1.",
+    )
+    torch_threads: int = Field(
+        default=0,
+        ge=0,
+        description="Threads torch may use for inference; 0 keeps torch's default (one per core).",
+    )
+
+    # --- HTTP --------------------------------------------------------------------------------
+    host: str = Field(
+        default="127.0.0.1", description="Interface to listen on (the Docker image sets 0.0.0.0)."
+    )
+    port: int = Field(default=8000, ge=1, le=65535, description="TCP port to listen on.")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins allowed to call the API from a browser (comma-separated); empty disables CORS.",
+    )
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="When set (comma-separated), every /v1 route and /emotion_predict need one of these in "
+        "the X-API-Key header, else 401.",
+    )
+
+    # --- limits ------------------------------------------------------------------------------
+    max_upload_bytes: int = Field(
+        default=25 * MIB,
+        ge=1,
+        description="Largest request body in bytes (a whole multipart batch, or the JSON with its base64 "
+        "text, which is 4/3 of the audio's size); larger requests get 413 before they are read.",
+    )
+    min_seconds: float = Field(
+        default=DEFAULT_MIN_SECONDS,
+        gt=0,
+        description="Shortest accepted utterance, in seconds; shorter gets 422.",
+    )
+    max_seconds: float = Field(
+        default=DEFAULT_MAX_SECONDS,
+        gt=0,
+        description="Longest accepted utterance, in seconds; longer gets 422 (decoding stops there).",
+    )
+    silence_dbfs: float = Field(
+        default=DEFAULT_SILENCE_DBFS,
+        le=0,
+        description="An utterance whose peak stays below this level (dBFS) is refused as silent (422).",
+    )
+    max_batch_files: int = Field(
+        default=16, ge=1, description="Most files one POST /v1/predict/batch request may carry."
+    )
+    request_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="A prediction not finished after this many seconds (decoding, queue and inference) "
+        "gets 503 with Retry-After.",
+    )
+
+    # --- batching and concurrency ----------------------------------------------------------------
+    max_batch_size: int = Field(default=8, ge=1, description="Most utterances the model runs in one batch.")
+    max_batch_wait_ms: float = Field(
+        default=10.0,
+        ge=0,
+        description="How long the batcher waits for a batch to fill before running it (ms).",
+    )
+    queue_depth: int = Field(
+        default=64,
+        ge=1,
+        description="Most utterances waiting for the model; beyond it requests get 503 with Retry-After "
+        "instead of queueing.",
+    )
+    worker_threads: int = Field(
+        default_factory=_default_worker_threads,
+        ge=1,
+        description="Threads decoding uploads (default: the number of cores, at most 4).",
+    )
+    retry_after_s: int = Field(
+        default=1,
+        ge=0,
+        description="Seconds sent in Retry-After when the service is overloaded or not ready.",
+    )
+    shutdown_timeout_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="On SIGTERM, how long in-flight requests may take to finish before the server stops.",
+    )
+
+    # --- logging -----------------------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Lowest level of the log lines written."
+    )
+    log_json: bool = Field(default=False, description="Write one JSON object per log line instead of text.")
+
+    @field_validator("cors_origins", "api_keys", mode="before")
+    @classmethod
+    def _split_comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _check_limits(self) -> ServiceSettings:
+        if self.min_seconds >= self.max_seconds:
+            raise ValueError(
+                f"min_seconds ({self.min_seconds}) must be below max_seconds ({self.max_seconds})"
+            )
+        return self
+
+    @property
+    def offline(self) -> bool:
+        """True when the hub must not be contacted (``hf_offline`` or ``HF_HUB_OFFLINE`` set)."""
+        env = os.environ.get("HF_HUB_OFFLINE", "").strip().lower()
+        return self.hf_offline or env in ("1", "true", "yes", "on")
+
+    def public_dict(self) -> dict[str, Any]:
+        """The effective settings as JSON values, without secrets (API keys are only counted)."""
+        data = self.model_dump(mode="json", exclude={"api_keys"})
+        data["api_keys_configured"] = len(self.api_keys)
+        data["hf_offline_effective"] = self.offline
+        return data
