@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from service import __version__
+from service.docs import mount_docs
 from service.engine import InferenceEngine, PredictorFactory
 from service.errors import install_error_handlers
 from service.logs import configure_logging
@@ -83,6 +84,8 @@ def create_app(
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served by mount_docs with local assets instead of a CDN's
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -104,6 +107,7 @@ def create_app(
         )
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
 
+    mount_docs(app)
     mount_web = _web_mounter()
     if mount_web is not None:
         mount_web(app)

@@ -518,3 +518,33 @@ def test_the_page_fits_a_phone(browser: Any, server: str, screenshot_dir: Path) 
         page.screenshot(path=screenshot_dir / "11-phone-result-dark.png", full_page=True)
     finally:
         phone.close()
+
+
+def test_the_api_docs_need_no_internet(egemaps_client: TestClient) -> None:
+    html = egemaps_client.get("/docs").text
+    assert "/docs-assets/swagger-ui-bundle.js" in html
+    assert not re.search(r"https?://(?!127\.0\.0\.1)", html.replace("https://swagger.io", ""))
+    assert egemaps_client.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
+    assert "/docs-assets/redoc.standalone.js" in egemaps_client.get("/redoc").text
+
+
+@pytest.mark.browser
+def test_the_api_docs_render_every_endpoint(browser: Any, server: str, screenshot_dir: Path) -> None:
+    page = browser.new_page(viewport={"width": 1100, "height": 1400})
+    try:
+        page.goto(f"{server}/docs")
+        page.wait_for_selector("[data-path]", timeout=15_000)
+        paths = {el.get_attribute("data-path") or "" for el in page.locator("[data-path]").all()}
+        page.screenshot(path=str(screenshot_dir / "13-api-docs.png"), full_page=True)
+    finally:
+        page.close()
+    for path in (
+        "/v1/predict",
+        "/v1/predict/batch",
+        "/health",
+        "/ready",
+        "/v1/info",
+        "/metrics",
+        "/emotion_predict",
+    ):
+        assert path in paths, (path, paths)
