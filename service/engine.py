@@ -44,14 +44,12 @@ def load_predictor(settings: ServiceSettings, bundle_dir: Path) -> Predictor:
     Raises:
         BundleError: the bundle is refused; BackboneError: the encoder cannot be loaded.
     """
-    if settings.torch_threads > 0:
-        import torch
-
-        torch.set_num_threads(settings.torch_threads)
     return Predictor.from_bundle(
         bundle_dir,
         device=settings.device,
         dtype=settings.dtype,
+        backend=settings.backend,
+        threads=settings.torch_threads or None,
         max_batch_size=settings.max_batch_size,
         model_override=settings.backbone_model,
         local_files_only=settings.offline,

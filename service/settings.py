@@ -40,8 +40,17 @@ class ServiceSettings(BaseSettings):
         description="Where the speech encoder runs: 'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'. "
         "eGeMAPS bundles always run on the CPU.",
     )
-    dtype: Literal["fp32", "bf16", "fp16"] = Field(
-        default="fp32", description="Precision of the speech encoder: fp32, bf16, or fp16 (CUDA only)."
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        default="auto",
+        description="Precision of the speech encoder: 'auto' serves in the precision of the bundle's training "
+        "embeddings where this device runs it natively, else fp32; or fp32, bf16, fp16 (CUDA only). A "
+        "precision other than the bundle's is logged as a warning.",
+    )
+    backend: Literal["torch", "onnx", "onnx-int8"] = Field(
+        default="torch",
+        description="How the encoder runs: torch, or ONNX Runtime on the CPU ('onnx': same embeddings, faster; "
+        "'onnx-int8': int8 matrix products, faster still but noisier, off by default until its accuracy "
+        "is measured). Needs the 'onnx' extra; the first start exports the encoder to SER_ONNX_CACHE.",
     )
     backbone_model: str | None = Field(
         default=None,
@@ -56,7 +65,8 @@ class ServiceSettings(BaseSettings):
     torch_threads: int = Field(
         default=0,
         ge=0,
-        description="Threads torch may use for inference; 0 keeps torch's default (one per core).",
+        description="Compute threads for the encoder (torch or ONNX Runtime); 0 means the CPUs this process "
+        "may use (its affinity and any container CPU quota).",
     )
 
     # --- HTTP --------------------------------------------------------------------------------

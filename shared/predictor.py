@@ -85,8 +85,14 @@ class Predictor:
         max_batch_size: int = 8,
         model_override: str | None = None,
         local_files_only: bool = False,
+        backend: str = "torch",
+        threads: int | None = None,
     ) -> Predictor:
         """Load and verify the bundle, then build the backbone its manifest names.
+
+        ``dtype="auto"`` serves in the precision of the bundle's training embeddings where the device runs
+        it natively, else fp32; ``backend`` is ``torch``, ``onnx`` or ``onnx-int8``; ``threads`` is the
+        encoder's compute threads (``None``: the CPUs this process may use).
 
         Raises:
             BundleError: the bundle is missing or refused; BackboneError: the encoder cannot be loaded.
@@ -99,6 +105,9 @@ class Predictor:
             max_batch_size=max_batch_size,
             model_override=model_override,
             local_files_only=local_files_only,
+            backend=backend,
+            threads=threads,
+            trained_dtype=bundle.embedding_dtype,
         )
         expected = bundle.manifest["backbone"].get("dim")
         if expected is not None and int(expected) != backbone.dim:

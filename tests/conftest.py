@@ -11,6 +11,14 @@ from shared.backbones import BackboneSpec
 logging.getLogger("transformers").setLevel(logging.ERROR)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_model_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Derived model files (bf16 weight copies, ONNX exports) go to a temporary folder, not ~/.cache."""
+    import os
+
+    os.environ.setdefault("SER_CACHE_DIR", str(tmp_path_factory.mktemp("ser-cache")))
+
+
 @pytest.fixture(scope="session")
 def tiny_hubert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny layer-norm HuBERT saved with save_pretrained (loads like a real checkpoint folder)."""

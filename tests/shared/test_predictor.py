@@ -64,3 +64,20 @@ def test_non_finite_features_never_reach_the_classifier(predictor):
 def test_warmup_runs_the_whole_path(predictor):
     predictor.warmup(seconds=1.0, batch_size=2)
     assert predictor.last_timings.embed_s > 0
+
+
+def test_auto_precision_follows_the_bundle_and_other_precisions_warn(hubert_bundle, caplog):
+    assert Predictor.from_bundle(hubert_bundle, dtype="auto").backbone.dtype == "fp32"  # trained in fp32
+    with caplog.at_level("WARNING", logger="shared.predictor"):
+        served = Predictor.from_bundle(hubert_bundle, dtype="bf16")
+    assert served.backbone.dtype == "bf16"
+    assert "trained on fp32 embeddings" in caplog.text
+
+
+def test_the_onnx_backend_serves_the_same_predictions(hubert_bundle):
+    pytest.importorskip("onnxruntime")
+    waves = [synthetic_clip("sad", 1.0, seed=1), synthetic_clip("angry", 1.6, seed=2)]
+    reference = Predictor.from_bundle(hubert_bundle).predict_batch(waves)
+    onnx = Predictor.from_bundle(hubert_bundle, backend="onnx").predict_batch(waves)
+    for a, b in zip(onnx, reference, strict=True):
+        assert_same(a, b, tol=1e-4)

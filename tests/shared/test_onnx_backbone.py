@@ -1,0 +1,263 @@
+"""The ONNX Runtime backbone on a tiny real HuBERT graph: same embeddings as torch in fp32, int8 close,
+exports cached and reused. Also the torch backend's speed machinery it shares a module with: the cached
+half-precision weights, thread settings and ``dtype="auto"``."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from support import make_tiny_hubert, synthetic_clip
+
+from shared.backbones import BackboneSpec, build_backbone
+from shared.backbones import hubert as hubert_module
+from shared.backbones.hubert import available_cpus, configure_torch_threads, resolve_dtype
+from shared.errors import BackboneError
+
+pytest.importorskip("onnxruntime", reason="the ONNX backend needs the onnx extra (onnxruntime, onnx)")
+onnx = pytest.importorskip("onnx", reason="the ONNX backend needs the onnx extra (onnxruntime, onnx)")
+
+from shared.backbones import onnx as onnx_module  # noqa: E402  (after the skip: it imports onnxruntime)
+from shared.backbones.onnx import OnnxEncoder  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def waves() -> list[np.ndarray]:
+    return [
+        synthetic_clip(label, seconds, seed=i)
+        for i, (label, seconds) in enumerate([("happy", 1.0), ("sad", 1.7), ("angry", 0.6), ("fear", 2.3)])
+    ]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache root for the module: each export is made once and reused by the tests after it."""
+    return tmp_path_factory.mktemp("ser-cache")
+
+
+def op_counts(path: Path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in onnx.load(str(path), load_external_data=False).graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def relative_error(reference: np.ndarray, other: np.ndarray) -> float:
+    """Mean distance to the reference relative to the mean distance between different clips."""
+    pairs = np.linalg.norm(reference[:, None] - reference[None], axis=2)
+    inter = pairs[np.triu_indices(len(reference), 1)].mean()
+    return float(np.linalg.norm(other - reference, axis=1).mean() / inter)
+
+
+def test_fp32_matches_torch_on_padded_batches_and_one_at_a_time(tiny_hubert_dir, waves, cache):
+    spec = BackboneSpec(kind="hubert", model=str(tiny_hubert_dir))
+    expected = build_backbone(spec, max_batch_size=4).embed_batch(waves)
+    backbone = build_backbone(spec, backend="onnx", max_batch_size=4, cache_dir=cache)
+    assert isinstance(backbone, OnnxEncoder)
+    assert (backbone.dtype, backbone.dim, backbone.supports_padding) == ("fp32", 16, True)
+    batched = backbone.embed_batch(waves)
+    single = np.stack([backbone.embed_batch([w])[0] for w in waves])
+    assert batched.shape == (4, 16) and batched.dtype == np.float32
+    np.testing.assert_allclose(batched, expected, atol=1e-4)
+    np.testing.assert_allclose(single, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("layer", "layer_end", "pooling", "layers_run"),
+    [
+        (0, None, "mean", 0),
+        (1, None, "mean", 1),
+        (-2, None, "mean", 2),
+        (1, 2, "mean+std", 2),
+        (None, None, "mean", 3),
+    ],
+)
+def test_layer_selection_and_truncation_match_torch(
+    tiny_hubert_dir, waves, cache, layer, layer_end, pooling, layers_run
+):
+    spec = BackboneSpec(
+        kind="hubert", model=str(tiny_hubert_dir), layer=layer, layer_end=layer_end, pooling=pooling
+    )
+    reference = build_backbone(spec, max_batch_size=4)
+    backbone = build_backbone(spec, backend="onnx", max_batch_size=4, cache_dir=cache)
+    assert backbone.dim == reference.dim
+    np.testing.assert_allclose(backbone.embed_batch(waves), reference.embed_batch(waves), atol=1e-4)
+    # One attention softmax per transformer layer in the graph: the layers above the one read are gone
+    # (reading layer 0, the input of the first layer, the exporter prunes that layer too).
+    assert backbone.kept_layers == len(reference.model.encoder.layers) == max(layers_run, 1)
+    assert op_counts(backbone.model_path).get("Softmax", 0) == layers_run
+
+
+def test_long_inputs_are_embedded_in_windows_like_torch(tiny_hubert_dir, cache):
+    wave = synthetic_clip("angry", 3.0, seed=3)
+    spec = BackboneSpec(kind="hubert", model=str(tiny_hubert_dir))
+    expected = build_backbone(spec, window_seconds=1.0).embed_batch([wave])
+    backbone = build_backbone(spec, backend="onnx", window_seconds=1.0, cache_dir=cache)
+    np.testing.assert_allclose(backbone.embed_batch([wave]), expected, atol=1e-4)
+
+
+def test_group_norm_models_run_one_at_a_time_and_match_torch(tmp_path, waves, cache):
+    folder = make_tiny_hubert(tmp_path / "tiny-base", layer_norm=False)
+    spec = BackboneSpec(kind="hubert", model=str(folder))
+    backbone = build_backbone(spec, backend="onnx", max_batch_size=4, cache_dir=cache)
+    assert not backbone.supports_padding
+    np.testing.assert_allclose(
+        backbone.embed_batch(waves), build_backbone(spec, max_batch_size=4).embed_batch(waves), atol=1e-4
+    )
+
+
+def test_int8_quantises_only_the_weight_matmuls_and_stays_close(tiny_hubert_dir, cache):
+    spec = BackboneSpec(kind="hubert", model=str(tiny_hubert_dir))
+    clips = [
+        synthetic_clip(label, 1.5, seed=20 + i)
+        for i, label in enumerate(["happy", "sad", "angry", "fear", "disgust", "neutral"])
+    ]
+    fp32 = build_backbone(spec, backend="onnx", cache_dir=cache).embed_batch(clips)
+    backbone = build_backbone(spec, backend="onnx-int8", cache_dir=cache)
+    assert backbone.dtype == "int8"
+    int8 = backbone.embed_batch(clips)
+    assert int8.shape == fp32.shape and np.isfinite(int8).all()
+    assert not np.array_equal(int8, fp32)  # it is really quantised...
+    assert relative_error(fp32, int8) < 0.25  # ...and still close
+    ops = op_counts(backbone.model_path)
+    # 3 layers x 6 linear layers + the feature projection; the attention products stay fp32.
+    assert ops.get("MatMulInteger", 0) == 3 * 6 + 1
+    assert ops["MatMul"] == 3 * 2
+    assert "ConvInteger" not in ops and ops["Conv"] == 7 + 1  # the feature encoder and positional conv
+
+
+def test_exports_are_cached_and_reused(tiny_hubert_dir, waves, tmp_path, monkeypatch):
+    spec = BackboneSpec(kind="hubert", model=str(tiny_hubert_dir))
+    first = build_backbone(spec, backend="onnx", cache_dir=tmp_path)
+    path = first.model_path
+    assert path.is_file() and path.parent.parent == tmp_path / "onnx"
+    meta = json.loads((path.parent / "meta.json").read_text())
+    assert meta["kept_layers"] == 3 and meta["model"] == str(tiny_hubert_dir)
+    written = path.stat().st_mtime_ns
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("exported again although the export is cached")
+
+    monkeypatch.setattr(onnx_module, "export_encoder", no_export)
+    second = build_backbone(spec, backend="onnx", cache_dir=tmp_path)
+    assert second.model_path == path and path.stat().st_mtime_ns == written
+    np.testing.assert_array_equal(second.embed_batch(waves), first.embed_batch(waves))
+    # int8 is quantised from the cached fp32 export, without exporting.
+    int8 = build_backbone(spec, backend="onnx-int8", cache_dir=tmp_path)
+    assert int8.model_path != path and int8.model_path.is_file()
+    # Another layer is another graph: it needs its own export.
+    with pytest.raises(AssertionError, match="exported again"):
+        build_backbone(
+            BackboneSpec(kind="hubert", model=str(tiny_hubert_dir), layer=1),
+            backend="onnx",
+            cache_dir=tmp_path,
+        )
+    assert len(list((tmp_path / "onnx").iterdir())) == 2  # no half-built entry is left behind
+
+
+def test_changed_weights_in_the_same_folder_are_exported_again(tmp_path, waves):
+    folder = make_tiny_hubert(tmp_path / "model", seed=0)
+    spec = BackboneSpec(kind="hubert", model=str(folder))
+    before = build_backbone(spec, backend="onnx", cache_dir=tmp_path / "cache")
+    make_tiny_hubert(folder, seed=1)  # new weights, same path
+    after = build_backbone(spec, backend="onnx", cache_dir=tmp_path / "cache")
+    assert after.model_path != before.model_path
+    np.testing.assert_allclose(after.embed_batch(waves), build_backbone(spec).embed_batch(waves), atol=1e-4)
+
+
+def test_cache_location_follows_the_environment(tiny_hubert_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("SER_ONNX_CACHE", str(tmp_path / "exports"))
+    backbone = build_backbone(BackboneSpec(kind="hubert", model=str(tiny_hubert_dir)), backend="onnx")
+    assert backbone.model_path.is_relative_to(tmp_path / "exports")
+
+
+def test_onnx_errors_are_clear(tiny_hubert_dir, cache):
+    spec = BackboneSpec(kind="hubert", model=str(tiny_hubert_dir))
+    with pytest.raises(BackboneError, match="unknown backend 'tensorrt'"):
+        build_backbone(spec, backend="tensorrt")
+    with pytest.raises(BackboneError, match="dtype 'bf16' applies to the torch backend only"):
+        build_backbone(spec, backend="onnx", dtype="bf16", cache_dir=cache)
+    with pytest.raises(BackboneError, match="runs on the CPU"):
+        build_backbone(spec, backend="onnx-int8", device="cuda", cache_dir=cache)
+    backbone = build_backbone(spec, backend="onnx", cache_dir=cache)
+    with pytest.raises(BackboneError, match="shorter than one encoder frame"):
+        backbone.embed_batch([np.zeros(100, np.float32)])
+    # eGeMAPS has no encoder to export: the backend does not apply.
+    assert build_backbone(BackboneSpec(kind="egemaps"), backend="onnx").dim == 88
+
+
+# -- the torch backend's speed machinery ----------------------------------------------------------
+
+
+def safetensors_keys(path: Path) -> dict[str, str]:
+    with path.open("rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(size))
+    return {name: info["dtype"] for name, info in header.items() if name != "__metadata__"}
+
+
+@pytest.mark.parametrize("layer", [None, 1])
+def test_bf16_weights_are_converted_once_and_equal_a_direct_bf16_load(
+    tiny_hubert_dir, waves, tmp_path, layer
+):
+    from transformers import AutoModel
+
+    spec = BackboneSpec(kind="hubert", model=str(tiny_hubert_dir), layer=layer)
+    backbone = build_backbone(spec, dtype="bf16", cache_dir=tmp_path)
+    (entry,) = (tmp_path / "weights").iterdir()
+    keys = safetensors_keys(entry / "model.safetensors")
+    assert set(keys.values()) == {"BF16"}
+    kept = 3 if layer is None else 1
+    assert not any(f"encoder.layers.{i}." in name for name in keys for i in range(kept, 3))
+
+    direct = AutoModel.from_pretrained(tiny_hubert_dir, dtype=torch.bfloat16).eval()
+    direct.encoder.layers = direct.encoder.layers[:kept]
+    # The torch backend runs the conv stack one utterance at a time through a wrapper module.
+    ours = {
+        k.replace("feature_extractor.encoder.", "feature_extractor."): v
+        for k, v in backbone.model.state_dict().items()
+    }
+    assert ours.keys() == direct.state_dict().keys()
+    for name, tensor in direct.state_dict().items():
+        assert ours[name].dtype == torch.bfloat16 and torch.equal(ours[name], tensor), name
+
+    written = (entry / "model.safetensors").stat().st_mtime_ns
+    again = build_backbone(spec, dtype="bf16", cache_dir=tmp_path)
+    assert (entry / "model.safetensors").stat().st_mtime_ns == written
+    np.testing.assert_array_equal(again.embed_batch(waves), backbone.embed_batch(waves))
+
+
+def test_bf16_without_a_writable_cache_loads_directly(tiny_hubert_dir, waves, tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    spec = BackboneSpec(kind="hubert", model=str(tiny_hubert_dir))
+    backbone = build_backbone(spec, dtype="bf16", cache_dir=blocker)
+    cached = build_backbone(spec, dtype="bf16", cache_dir=tmp_path / "cache")
+    np.testing.assert_array_equal(backbone.embed_batch(waves), cached.embed_batch(waves))
+
+
+def test_threads_are_capped_at_the_cpus_available_unless_set():
+    before = torch.get_num_threads()
+    try:
+        assert 1 <= available_cpus() <= (len(__import__("os").sched_getaffinity(0)))
+        assert configure_torch_threads(1) == 1 and torch.get_num_threads() == 1
+        assert configure_torch_threads(None) == 1  # an explicit setting stands
+        torch.set_num_threads(available_cpus() + 3)
+        assert configure_torch_threads(None) == available_cpus() == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_auto_dtype_keeps_the_bundles_precision_where_the_cpu_runs_it(monkeypatch):
+    cpu = torch.device("cpu")
+    for fast in (True, False):
+        monkeypatch.setattr(hubert_module, "cpu_has_fast_bf16", lambda fast=fast: fast)
+        assert resolve_dtype("auto", cpu) == ("bf16" if fast else "fp32")
+        assert resolve_dtype("auto", cpu, trained_dtype="fp32") == "fp32"
+        assert resolve_dtype("auto", cpu, trained_dtype="bf16") == ("bf16" if fast else "fp32")
+        assert resolve_dtype("auto", cpu, trained_dtype="fp16") == "fp32"
+        assert resolve_dtype("bf16", cpu, trained_dtype="fp32") == "bf16"  # explicit wins
