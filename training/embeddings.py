@@ -9,7 +9,6 @@ every few batches: an interrupted extraction resumes where it stopped.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import tempfile
@@ -22,17 +21,10 @@ from tqdm import tqdm
 
 from shared.audio import decode_audio
 from shared.backbones import Backbone
+from shared.bundle import sha256_file
 from shared.errors import SERError
 
 log = logging.getLogger(__name__)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def backbone_cache_key(backbone: Backbone) -> str:
@@ -132,7 +124,7 @@ def extract_embeddings(
         if cache_dir is not None
         else None
     )
-    hashes = [file_sha256(Path(p)) for p in paths]
+    hashes = [sha256_file(Path(p)) for p in paths]
     result: dict[int, np.ndarray] = {}
     failed: list[tuple[int, str]] = []
     todo: list[int] = []

@@ -236,7 +236,7 @@ class EncoderSource:
 
     def load_failure(self, exc: BaseException) -> str:
         return (
-            f"could not load the speech encoder {self.location!r}: {exc}. Give a Hugging Face hub id "
+            f"could not load the speech encoder {self.location!r}: {str(exc).rstrip('.')}. Give a Hugging Face hub id "
             "(with network access, or already in the local cache) or a folder written by save_pretrained."
         )
 

@@ -8,7 +8,6 @@ a thread pool with one shared ``httpx.Client`` and collects a ``DownloadReport``
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 import time
@@ -20,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from shared.bundle import sha256_file
 from training.corpora.base import CorpusError
 
 #: The first bytes of a Git LFS pointer file: what a server hands out when it serves the
@@ -90,15 +90,6 @@ class DownloadReport:
         }
 
 
-def sha256_of(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def is_verified(path: Path, sha256: str, size: int) -> bool:
     """True when ``path`` exists with exactly ``size`` bytes and the given sha256 (size checked first)."""
     try:
@@ -106,7 +97,7 @@ def is_verified(path: Path, sha256: str, size: int) -> bool:
             return False
     except FileNotFoundError:
         return False
-    return sha256_of(path) == sha256.lower()
+    return sha256_file(path) == sha256.lower()
 
 
 def looks_like_lfs_pointer(head: bytes) -> bool:
@@ -269,7 +260,7 @@ def _finish_part(
     url: str, part: Path, dest: Path, sha256: str, size: int, report: Callable[[int], None]
 ) -> None:
     """Verify a complete part and move it into place; a wrong part is deleted."""
-    actual = sha256_of(part)
+    actual = sha256_file(part)
     if actual != sha256.lower():
         with part.open("rb") as f:
             head = f.read(len(LFS_POINTER_PREFIX))
