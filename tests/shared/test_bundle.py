@@ -65,6 +65,16 @@ def rewrite_manifest(bundle: Path, **changes) -> None:
     (bundle / MANIFEST).write_text(json.dumps(manifest))
 
 
+def rehash_classifier(bundle: Path) -> None:
+    """Record the classifier file's current sha256 and size, as someone rewriting a bundle would."""
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    manifest["files"][CLASSIFIER] = {
+        "sha256": sha256_file(bundle / CLASSIFIER),
+        "size": (bundle / CLASSIFIER).stat().st_size,
+    }
+    (bundle / MANIFEST).write_text(json.dumps(manifest))
+
+
 def test_round_trip(tmp_path, fitted):
     pipeline, x = fitted
     folder = write(tmp_path, pipeline)
@@ -132,13 +142,8 @@ def test_a_newer_format_version_is_refused(tmp_path, fitted):
 def test_a_pickle_where_skops_is_expected_is_refused(tmp_path, fitted):
     bundle = copy_of(write(tmp_path, fitted[0]), tmp_path)
     (bundle / CLASSIFIER).write_bytes(pickle.dumps(fitted[0]))
-    manifest = json.loads((bundle / MANIFEST).read_text())
     # Even with matching hashes (an attacker can rewrite the manifest), a pickle is never loaded.
-    manifest["files"][CLASSIFIER] = {
-        "sha256": sha256_file(bundle / CLASSIFIER),
-        "size": (bundle / CLASSIFIER).stat().st_size,
-    }
-    (bundle / MANIFEST).write_text(json.dumps(manifest))
+    rehash_classifier(bundle)
     with pytest.raises(BundleFormatError, match="not a skops archive"):
         load_bundle(bundle)
 
@@ -151,12 +156,7 @@ def test_untrusted_types_inside_skops_are_refused(tmp_path, fitted):
     bundle = copy_of(write(tmp_path, fitted[0]), tmp_path)
     evil = Pipeline([("f", FunctionTransformer(os.system)), *fitted[0].steps])
     sio.dump(evil, bundle / CLASSIFIER)
-    manifest = json.loads((bundle / MANIFEST).read_text())
-    manifest["files"][CLASSIFIER] = {
-        "sha256": sha256_file(bundle / CLASSIFIER),
-        "size": (bundle / CLASSIFIER).stat().st_size,
-    }
-    (bundle / MANIFEST).write_text(json.dumps(manifest))
+    rehash_classifier(bundle)
     with pytest.raises(BundleFormatError, match="not trusted"):
         load_bundle(bundle)
 
