@@ -57,6 +57,7 @@ from typing import Any, cast
 import numpy as np
 
 from shared.constants import EMOTIONS, SAMPLE_RATE
+from shared.signals import speech_like
 
 log = logging.getLogger("service.benchmark")
 
@@ -171,19 +172,6 @@ def build_variant(variant: Variant, folder: Path, spec: Any, cache_dir: Path, th
 
 
 # -- inputs -------------------------------------------------------------------------------------
-
-
-def speech_like(seconds: float, seed: int) -> np.ndarray:
-    """A generated voiced signal with syllable-rate loudness changes: float32 ``[seconds * 16000]``."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
-    f0 = rng.uniform(90, 260) * (1 + 0.08 * np.sin(2 * np.pi * rng.uniform(0.3, 1.5) * t))
-    phase = 2 * np.pi * np.cumsum(f0) / SAMPLE_RATE
-    brightness = rng.uniform(0.5, 1.5)
-    voiced = sum(np.sin(k * phase) / k**brightness for k in range(1, 12))
-    syllables = 0.5 * (1 + np.sin(2 * np.pi * rng.uniform(3, 6) * t + rng.uniform(0, np.pi)))
-    noise = rng.uniform(0.01, 0.05) * rng.standard_normal(t.shape)
-    return (0.2 * voiced * syllables + noise).astype(np.float32)
 
 
 def accuracy_clips(n: int) -> tuple[list[np.ndarray], str]:

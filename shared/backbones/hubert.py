@@ -20,10 +20,12 @@ valid frames) lives in ``PooledSpeechEncoder``; ``HuggingFaceEncoder`` runs the 
 The torch backend runs the convolutional feature encoder one utterance at a time
 (``PerUtteranceFeatureEncoder``): faster, and the activation peak no longer grows with the batch.
 
-Precision and memory: bf16 and fp16 weights are loaded directly in that precision. When the checkpoint
-is fp32 safetensors, it is first rewritten once, tensor by tensor, into a cached half-precision copy
-holding only the kept layers (``<cache>/weights/<digest>/``), so that loading never holds the fp32 file
-and the converted weights in memory together: the peak stays near the size of the half-precision model.
+Precision and memory: in bf16 and fp16 the matrix weights are held in that precision and everything
+else runs in fp32, with biases corrected for the rounded weights (``shared.backbones.precision``). When
+the checkpoint is fp32 safetensors, it is first rewritten once, tensor by tensor, into a cached
+half-precision copy holding only the kept layers (``<cache>/weights/<digest>/``), so that loading never
+holds the fp32 file and the converted weights in memory together: the peak stays near the size of the
+half-precision model. The corrected fp32 parameters are cached beside it.
 """
 
 from __future__ import annotations
@@ -47,8 +49,18 @@ import numpy as np
 import torch
 
 from shared.backbones.base import BackboneSpec, EmbeddingStats
+from shared.backbones.precision import (
+    CheckpointTensors,
+    convert_to_half_weights,
+    correct_biases,
+    full_precision_state,
+    load_full_precision_state,
+    mean_inputs,
+    restore_from_checkpoint,
+)
 from shared.constants import SAMPLE_RATE
 from shared.errors import BackboneError
+from shared.signals import speech_like
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +71,13 @@ _TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.fl
 
 #: Environment variable naming the folder for derived model files (converted weights, ONNX exports).
 CACHE_ENV = "SER_CACHE_DIR"
+
+#: How bf16/fp16 weights are used (recorded in backbone fingerprints: it changes the embeddings).
+HALF_PRECISION_METHOD = "half-weights-fp32-activations-bias-corrected-v1"
+#: The corrected fp32 parameters, kept beside a cached half-precision checkpoint.
+FULL_PRECISION_FILE = "full_precision.safetensors"
+CALIBRATION_CLIPS = 8
+CALIBRATION_SEED = 20_000
 
 
 # -- machine facts ---------------------------------------------------------------------------
@@ -634,6 +653,7 @@ class HuggingFaceEncoder(PooledSpeechEncoder):
 
         torch_dtype = _TORCH_DTYPES[self.dtype]
         location, kwargs = source.location, dict(source.load_kwargs)
+        converted = None
         if self.dtype != "fp32":
             converted = half_precision_checkpoint(
                 source, self.dtype, self.kept_layers, Path(cache_dir) if cache_dir else None
@@ -648,12 +668,66 @@ class HuggingFaceEncoder(PooledSpeechEncoder):
         if len(model.encoder.layers) > self.kept_layers:
             # The layers above the one we read are never run: drop them.
             model.encoder.layers = model.encoder.layers[: self.kept_layers]
-        model.feature_extractor = PerUtteranceFeatureEncoder(model.feature_extractor)
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
-        self.model = model.to(device=self.device, dtype=torch_dtype)
+        model = model.to(device=self.device)
+        if self.dtype != "fp32":
+            self.fingerprint["half_precision"] = HALF_PRECISION_METHOD
+            self._use_half_weights(model, converted)
+        model.feature_extractor = PerUtteranceFeatureEncoder(model.feature_extractor)
+        self.model = model
         self.readout = HiddenStateReadout(self.model, self.layers).eval()
+
+    def _use_half_weights(self, model: torch.nn.Module, converted: Path | None) -> None:
+        """Half-precision matrix weights, fp32 everything else, bias-corrected (see ``precision``).
+
+        The corrected fp32 parameters are computed once from the checkpoint and kept beside the cached
+        half-precision weights (``full_precision.safetensors``); later loads read them back.
+        """
+        modules, folded = convert_to_half_weights(model, _TORCH_DTYPES[self.dtype])
+        saved = converted / FULL_PRECISION_FILE if converted is not None else None
+        if saved is not None and saved.is_file() and load_full_precision_state(model, folded, saved):
+            return
+        files = self.source.safetensors_files()
+        if files is None:
+            log.warning(
+                "%s has no safetensors weights: its biases and norms stay rounded to %s and are not "
+                "bias-corrected, so embeddings differ more from fp32",
+                self.source.location,
+                self.dtype,
+            )
+            return
+        exact = CheckpointTensors(files)
+        restore_from_checkpoint(model, folded, exact)
+        means = mean_inputs(modules, lambda: self._run_calibration(model))
+        corrected = correct_biases(modules, means, exact)
+        log.info(
+            "bias-corrected %d of %d %s layers of %s",
+            corrected,
+            len(modules),
+            self.dtype,
+            self.source.location,
+        )
+        if saved is None:
+            return
+        scratch = saved.with_name(f".{saved.name}.{os.getpid()}")
+        try:
+            from safetensors.torch import save_file
+
+            save_file(full_precision_state(model, folded), str(scratch))
+            os.replace(scratch, saved)
+        except OSError as exc:
+            log.warning("could not cache the corrected parameters in %s (%s)", saved.parent, exc)
+            scratch.unlink(missing_ok=True)
+
+    @torch.inference_mode()
+    def _run_calibration(self, model: torch.nn.Module) -> None:
+        # Generated voiced signals: the correction needs each layer's mean input over speech-like
+        # sound, not any particular speech.
+        for i in range(CALIBRATION_CLIPS):
+            wave = self._normalize(speech_like(2.0 + 0.25 * i, seed=CALIBRATION_SEED + i))
+            model(torch.from_numpy(wave)[None].to(self.device))
 
     def frame_counts(self, lengths: Sequence[int]) -> list[int]:
         # The model's own formula (it also knows about adapter layers some checkpoints add).
@@ -663,6 +737,7 @@ class HuggingFaceEncoder(PooledSpeechEncoder):
 
     @torch.inference_mode()
     def _run(self, batch: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-        inputs = torch.from_numpy(batch).to(self.device, dtype=_TORCH_DTYPES[self.dtype])
+        # The waveform stays fp32 at every precision: only matrix weights are held in half precision.
+        inputs = torch.from_numpy(batch).to(self.device)
         attention_mask = None if mask is None else torch.from_numpy(mask).to(self.device)
         return self.readout(inputs, attention_mask).float().cpu().numpy()
