@@ -14,11 +14,13 @@ bounded by the window.
 
 Everything around the network (input normalisation, layer selection, batching, windows, pooling over
 valid frames) lives in ``PooledSpeechEncoder``; ``HuggingFaceEncoder`` runs the network with torch and
-``shared.backbones.onnx.OnnxEncoder`` with ONNX Runtime. Both read the chosen hidden state through
-``HiddenStateReadout``, one module that returns it directly.
+``shared.backbones.onnx.OnnxEncoder`` with ONNX Runtime.
 
-The torch backend runs the convolutional feature encoder one utterance at a time
-(``PerUtteranceFeatureEncoder``): faster, and the activation peak no longer grows with the batch.
+The torch backend runs HuBERT and wav2vec 2.0 checkpoints stored as safetensors on this project's own
+modules (``shared.backbones.native``: the same computation, without importing transformers' model code),
+and every other architecture on transformers' model through ``HiddenStateReadout``, which the ONNX
+export also uses. Either way the convolutional feature encoder runs one utterance at a time: faster, and
+the activation peak no longer grows with the batch.
 
 Precision and memory: in bf16 and fp16 the matrix weights are held in that precision and everything
 else runs in fp32, with biases corrected for the rounded weights (``shared.backbones.precision``). When
@@ -49,6 +51,7 @@ import numpy as np
 import torch
 
 from shared.backbones.base import BackboneSpec, EmbeddingStats
+from shared.backbones.native import LAST_HIDDEN_STATE, load_speech_encoder, unsupported_reason
 from shared.backbones.precision import (
     CheckpointTensors,
     convert_to_half_weights,
@@ -63,9 +66,6 @@ from shared.errors import BackboneError
 from shared.signals import speech_like
 
 log = logging.getLogger(__name__)
-
-#: Internal marker for "the model's ``last_hidden_state``" (after the final layer norm, where there is one).
-LAST_HIDDEN_STATE = -1
 
 _TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -641,8 +641,6 @@ class HuggingFaceEncoder(PooledSpeechEncoder):
         trained_dtype: str | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
-        from transformers import AutoModel
-
         if spec.kind != "hubert":
             raise BackboneError(f"HuggingFaceEncoder needs a 'hubert' spec, got {spec.kind!r}")
         self.device = resolve_device(device)
@@ -652,40 +650,65 @@ class HuggingFaceEncoder(PooledSpeechEncoder):
         self.threads = configure_torch_threads(threads) if self.device.type == "cpu" else None
 
         torch_dtype = _TORCH_DTYPES[self.dtype]
-        location, kwargs = source.location, dict(source.load_kwargs)
         converted = None
         if self.dtype != "fp32":
             converted = half_precision_checkpoint(
                 source, self.dtype, self.kept_layers, Path(cache_dir) if cache_dir else None
             )
-            if converted is not None:
-                location, kwargs = str(converted), {"local_files_only": True}
+        files = [converted / "model.safetensors"] if converted is not None else source.safetensors_files()
+        why_not_native = (
+            unsupported_reason(source.config) if files else "its weights are not in safetensors files"
+        )
+        folded: set[str] = set()
+        model: Any
+        if why_not_native is None:
+            assert files is not None
+            try:
+                model, folded = load_speech_encoder(source.config, self.layers, files, torch_dtype)
+            except ValueError as exc:
+                raise BackboneError(source.load_failure(exc)) from exc
+        else:
+            log.info("running %s with transformers' model code: %s", source.location, why_not_native)
+            model = self._load_with_transformers(converted, torch_dtype)
+        #: True when the encoder runs on ``shared.backbones.native`` modules, False for transformers' own.
+        self.native = why_not_native is None
+        model = model.to(device=self.device)
+        if self.dtype != "fp32":
+            self.fingerprint["half_precision"] = HALF_PRECISION_METHOD
+            self._use_half_weights(model, converted, folded)
+        if self.native:
+            self.readout: torch.nn.Module = model
+        else:
+            model.feature_extractor = PerUtteranceFeatureEncoder(model.feature_extractor)
+            self.readout = HiddenStateReadout(model, self.layers).eval()
+        self.model = model
+
+    def _load_with_transformers(self, converted: Path | None, torch_dtype: torch.dtype) -> torch.nn.Module:
+        from transformers import AutoModel
+
+        location, kwargs = self.source.location, dict(self.source.load_kwargs)
+        if converted is not None:
+            location, kwargs = str(converted), {"local_files_only": True}
         try:
             model = AutoModel.from_pretrained(location, dtype=torch_dtype, **kwargs)
         except Exception as exc:  # transformers raises OSError, ValueError, HFValidationError...
-            raise BackboneError(source.load_failure(exc)) from exc
-
+            raise BackboneError(self.source.load_failure(exc)) from exc
         if len(model.encoder.layers) > self.kept_layers:
             # The layers above the one we read are never run: drop them.
             model.encoder.layers = model.encoder.layers[: self.kept_layers]
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
-        model = model.to(device=self.device)
-        if self.dtype != "fp32":
-            self.fingerprint["half_precision"] = HALF_PRECISION_METHOD
-            self._use_half_weights(model, converted)
-        model.feature_extractor = PerUtteranceFeatureEncoder(model.feature_extractor)
-        self.model = model
-        self.readout = HiddenStateReadout(self.model, self.layers).eval()
+        return model
 
-    def _use_half_weights(self, model: torch.nn.Module, converted: Path | None) -> None:
+    def _use_half_weights(self, model: torch.nn.Module, converted: Path | None, folded: set[str]) -> None:
         """Half-precision matrix weights, fp32 everything else, bias-corrected (see ``precision``).
 
         The corrected fp32 parameters are computed once from the checkpoint and kept beside the cached
         half-precision weights (``full_precision.safetensors``); later loads read them back.
         """
-        modules, folded = convert_to_half_weights(model, _TORCH_DTYPES[self.dtype])
+        modules, folded_here = convert_to_half_weights(model, _TORCH_DTYPES[self.dtype])
+        folded = folded | folded_here
         saved = converted / FULL_PRECISION_FILE if converted is not None else None
         if saved is not None and saved.is_file() and load_full_precision_state(model, folded, saved):
             return
@@ -730,7 +753,9 @@ class HuggingFaceEncoder(PooledSpeechEncoder):
             model(torch.from_numpy(wave)[None].to(self.device))
 
     def frame_counts(self, lengths: Sequence[int]) -> list[int]:
-        # The model's own formula (it also knows about adapter layers some checkpoints add).
+        if self.native:
+            return super().frame_counts(lengths)
+        # transformers' own formula (it also knows about adapter layers some checkpoints add).
         return [
             int(n) for n in self.model._get_feat_extract_output_lengths(torch.tensor(list(lengths))).tolist()
         ]

@@ -21,12 +21,14 @@ all-bf16 3.5%; this module without correction 3.1%; with correction 1.3%; at the
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from shared.backbones.native import SafetensorsReader
 
 log = logging.getLogger(__name__)
 
@@ -120,53 +122,14 @@ def convert_to_half_weights(
     return replaced, folded
 
 
-class CheckpointTensors:
-    """A checkpoint's own tensor values (fp32 as stored), looked up by the model's parameter names.
-
-    Handles a prefix on the checkpoint's names (``hubert.encoder...`` for fine-tuned heads) and
-    weight-norm pairs (``weight_g``/``weight_v``, or ``parametrizations.weight.original0``/``original1``),
-    which it folds into the weight.
-
-    Args:
-        files: the checkpoint's safetensors files.
-    """
-
-    def __init__(self, files: Iterable[Path]) -> None:
-        from safetensors import safe_open
-
-        self._open = safe_open
-        self._where: dict[str, tuple[Path, str]] = {}
-        for path in files:
-            with safe_open(str(path), framework="pt") as handle:
-                for key in handle.keys():  # noqa: SIM118 (a safetensors handle is not a dict)
-                    self._where.setdefault(key, (path, key))
-                    if "." in key:
-                        self._where.setdefault(key.split(".", 1)[1], (path, key))
-
-    def _read(self, name: str) -> torch.Tensor | None:
-        found = self._where.get(name)
-        if found is None:
-            return None
-        path, key = found
-        with self._open(str(path), framework="pt") as handle:
-            return handle.get_tensor(key).float()
+class CheckpointTensors(SafetensorsReader):
+    """A checkpoint's own tensor values as fp32, by the model's parameter names, read one at a time
+    (prefixes and weight-norm pairs handled as in ``SafetensorsReader``)."""
 
     def get(self, name: str) -> torch.Tensor | None:
         """The fp32 value of parameter ``name``, or None when the checkpoint does not hold it."""
-        tensor = self._read(name)
-        if tensor is not None or not name.endswith(".weight"):
-            return tensor
-        stem = name[: -len(".weight")]
-        for g_name, v_name in (
-            (f"{stem}.weight_g", f"{stem}.weight_v"),
-            (f"{stem}.parametrizations.weight.original0", f"{stem}.parametrizations.weight.original1"),
-        ):
-            g, v = self._read(g_name), self._read(v_name)
-            if g is not None and v is not None:
-                kept = [i for i, size in enumerate(g.shape) if size != 1]
-                others = [i for i in range(v.dim()) if i not in kept]
-                return v * (g / torch.linalg.vector_norm(v, dim=others, keepdim=True))
-        return None
+        tensor = super().get(name)
+        return None if tensor is None else tensor.float()
 
 
 def restore_from_checkpoint(model: nn.Module, folded: set[str], exact: CheckpointTensors) -> int:

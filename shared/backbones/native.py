@@ -1,0 +1,368 @@
+"""HuBERT and wav2vec 2.0 encoders in plain torch, loaded straight from safetensors files.
+
+The torch backend runs these modules instead of transformers' ``HubertModel``: the same computation
+(tests compare every hidden state with transformers'), with parameter names that match the
+checkpoints', and three things serving needs:
+
+- Memory. Importing transformers' model code brings in much of torch's compiler and distributed
+  stacks (about 110 MB of resident memory on HuBERT); this module needs none of it. Weights are read
+  tensor by tensor into their final precision, so loading never holds a second copy of the model.
+- Only the hidden states read are computed: the layers above are never built, and no hidden state is
+  kept that the readout does not use.
+- The convolutional feature encoder runs one utterance at a time (its activations are the largest of
+  the forward pass; see ``FeatureEncoder``).
+
+Architectures outside what is written here (WavLM's relative position bias, conformer layers,
+adapters, a batch-norm positional convolution) are left to transformers: ``unsupported_reason`` says
+why a config is not handled.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: Marker for "the model's last hidden state" (after the final layer norm, where the model has one).
+LAST_HIDDEN_STATE = -1
+
+_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
+
+
+def unsupported_reason(config: Any) -> str | None:
+    """Why this module cannot run an encoder with ``config`` (a transformers config), or None if it can."""
+    model_type = getattr(config, "model_type", None)
+    if model_type not in ("hubert", "wav2vec2"):
+        return f"model type {model_type!r} (handled here: hubert, wav2vec2)"
+    checks = {
+        "hidden_act": getattr(config, "hidden_act", None) == "gelu",
+        "feat_extract_activation": getattr(config, "feat_extract_activation", None) == "gelu",
+        "feat_extract_norm": getattr(config, "feat_extract_norm", None) in ("layer", "group"),
+        "conv_pos_batch_norm": not getattr(config, "conv_pos_batch_norm", False),
+        "add_adapter": not getattr(config, "add_adapter", False),
+    }
+    failed = [name for name, ok in checks.items() if not ok]
+    return f"unsupported setting(s): {', '.join(failed)}" if failed else None
+
+
+class ConvLayer(nn.Module):
+    """One layer of the feature encoder: convolution, optional norm, GELU. ``[B, C_in, S] -> [B, C, S']``."""
+
+    def __init__(self, config: Any, index: int) -> None:
+        super().__init__()
+        in_channels = config.conv_dim[index - 1] if index > 0 else 1
+        channels = config.conv_dim[index]
+        self.conv = nn.Conv1d(
+            in_channels,
+            channels,
+            kernel_size=config.conv_kernel[index],
+            stride=config.conv_stride[index],
+            bias=config.conv_bias,
+        )
+        self.norm_kind = (
+            config.feat_extract_norm if config.feat_extract_norm == "layer" or index == 0 else None
+        )
+        self.layer_norm: nn.Module | None = None
+        if self.norm_kind == "layer":
+            self.layer_norm = nn.LayerNorm(channels, elementwise_affine=True)
+        elif self.norm_kind == "group":
+            self.layer_norm = nn.GroupNorm(num_groups=channels, num_channels=channels, affine=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        if self.norm_kind == "layer":
+            assert self.layer_norm is not None
+            x = self.layer_norm(x.transpose(-2, -1)).transpose(-2, -1)
+        elif self.norm_kind == "group":
+            assert self.layer_norm is not None
+            x = self.layer_norm(x)
+        return F.gelu(x)
+
+
+class FeatureEncoder(nn.Module):
+    """The convolutional feature encoder: ``[B, S]`` samples to ``[B, C, T]`` features.
+
+    Runs one utterance of a batch at a time: its activations (512 channels at a fifth of the sample
+    rate) are the largest tensors of a forward pass, and one at a time keeps them in cache and out of
+    the peak. Utterances are independent here (every norm is per utterance), so the result is the same.
+    """
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.conv_layers = nn.ModuleList(ConvLayer(config, i) for i in range(len(config.conv_dim)))
+
+    def _one(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, None]
+        for layer in self.conv_layers:
+            x = layer(x)
+        return x
+
+    def forward(self, input_values: torch.Tensor) -> torch.Tensor:
+        if input_values.shape[0] == 1:
+            return self._one(input_values)
+        return torch.cat([self._one(input_values[i : i + 1]) for i in range(input_values.shape[0])])
+
+
+class FeatureProjection(nn.Module):
+    """Layer norm (where the config has one) and a linear map to the model width: ``[B, T, C] -> [B, T, H]``."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        has_norm = config.model_type == "wav2vec2" or getattr(config, "feat_proj_layer_norm", True)
+        self.layer_norm = nn.LayerNorm(config.conv_dim[-1], eps=config.layer_norm_eps) if has_norm else None
+        self.projection = nn.Linear(config.conv_dim[-1], config.hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.layer_norm is not None:
+            x = self.layer_norm(x)
+        return self.projection(x)
+
+
+class PositionalConvolution(nn.Module):
+    """The convolutional relative position embedding: grouped conv (weight norm folded), trim, GELU."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        kernel = config.num_conv_pos_embeddings
+        self.conv = nn.Conv1d(
+            config.hidden_size,
+            config.hidden_size,
+            kernel_size=kernel,
+            padding=kernel // 2,
+            groups=config.num_conv_pos_embedding_groups,
+        )
+        self.trim = 1 if kernel % 2 == 0 else 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, T, H] -> [B, T, H]
+        y = self.conv(x.transpose(1, 2))
+        if self.trim:
+            y = y[:, :, : -self.trim]
+        return F.gelu(y).transpose(1, 2)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over valid frames: ``[B, T, H]`` and a ``[B, 1, 1, T]`` bool mask."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        width = config.hidden_size
+        self.heads = config.num_attention_heads
+        self.q_proj = nn.Linear(width, width)
+        self.k_proj = nn.Linear(width, width)
+        self.v_proj = nn.Linear(width, width)
+        self.out_proj = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        batch, frames, width = x.shape
+
+        def heads(t: torch.Tensor) -> torch.Tensor:
+            return t.view(batch, frames, self.heads, width // self.heads).transpose(1, 2)
+
+        q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.out_proj(out.transpose(1, 2).reshape(batch, frames, width))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.intermediate_dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.output_dense = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output_dense(F.gelu(self.intermediate_dense(x)))
+
+
+class EncoderLayer(nn.Module):
+    """A transformer layer; ``pre_norm`` (the large models' "stable layer norm") or post-norm."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.pre_norm = bool(config.do_stable_layer_norm)
+        self.attention = Attention(config)
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.feed_forward = FeedForward(config)
+        self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if self.pre_norm:
+            x = x + self.attention(self.layer_norm(x), mask)
+            return x + self.feed_forward(self.final_layer_norm(x))
+        x = self.layer_norm(x + self.attention(x, mask))
+        return self.final_layer_norm(x + self.feed_forward(x))
+
+
+class Encoder(nn.Module):
+    def __init__(self, config: Any, n_layers: int) -> None:
+        super().__init__()
+        self.pre_norm = bool(config.do_stable_layer_norm)
+        self.pos_conv_embed = PositionalConvolution(config)
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(n_layers))
+
+
+class SpeechEncoder(nn.Module):
+    """A HuBERT or wav2vec 2.0 encoder that returns the hidden state(s) it is built for.
+
+    Hidden state ``i`` follows transformers' ``hidden_states``: 0 is the input of the first transformer
+    layer, ``i`` the output of layer ``i``; ``LAST_HIDDEN_STATE`` is ``last_hidden_state`` (after the
+    final layer norm in pre-norm models).
+
+    Args:
+        config: the checkpoint's transformers config (see ``unsupported_reason``).
+        layers: the hidden states to return (their mean when several); only the layers they need are built.
+
+    ``forward(input_values [B, S] float32, attention_mask [B, S] int or None) -> [B, T, H]``.
+    """
+
+    def __init__(self, config: Any, layers: Sequence[int]) -> None:
+        super().__init__()
+        reason = unsupported_reason(config)
+        if reason is not None:
+            raise ValueError(f"not a supported encoder: {reason}")
+        n_layers = int(config.num_hidden_layers)
+        self.layers_read = tuple(layers)
+        top = n_layers if LAST_HIDDEN_STATE in self.layers_read else max(self.layers_read)
+        self.conv = list(zip(config.conv_kernel, config.conv_stride, strict=True))
+        self.n_layers = n_layers
+        self.feature_extractor = FeatureEncoder(config)
+        self.feature_projection = FeatureProjection(config)
+        self.encoder = Encoder(config, max(top, 1))
+
+    def frame_counts(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Encoder frames from input lengths in samples (int64 ``[B]``)."""
+        for kernel, stride in self.conv:
+            lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
+        return lengths
+
+    def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.feature_projection(self.feature_extractor(input_values).transpose(1, 2))
+        mask = None
+        if attention_mask is not None:
+            valid = self.frame_counts(attention_mask.sum(dim=-1))
+            keep = torch.arange(x.shape[1], device=x.device)[None, :] < valid[:, None]  # [B, T]
+            x = x * keep[..., None].to(x.dtype)  # padded frames enter the encoder as zeros
+            mask = keep[:, None, None, :]
+        encoder = self.encoder
+        x = x + encoder.pos_conv_embed(x)
+        if not encoder.pre_norm:
+            x = encoder.layer_norm(x)
+        wanted = set(self.layers_read)
+        kept: dict[int, torch.Tensor] = {0: x} if 0 in wanted else {}
+        for i, layer in enumerate(encoder.layers, start=1):
+            x = layer(x, mask)
+            if i in wanted:
+                kept[i] = x
+        if LAST_HIDDEN_STATE in wanted:
+            kept[LAST_HIDDEN_STATE] = encoder.layer_norm(x) if encoder.pre_norm else x
+        states = [kept[i] for i in self.layers_read]
+        return states[0] if len(states) == 1 else torch.stack(states).mean(dim=0)
+
+
+class SafetensorsReader:
+    """Tensors of safetensors files by the model's parameter names, each read into its own memory.
+
+    Names are matched as stored, or without a leading prefix (``hubert.``, ``wav2vec2.``, as fine-tuned
+    heads store them). Weight-norm pairs (``weight_g``/``weight_v`` or
+    ``parametrizations.weight.original0``/``original1``) are folded into a plain ``weight``; ``folded``
+    lists the names served that way.
+
+    Each tensor is read straight into a fresh torch buffer: one tensor in flight, never the whole file.
+    Not memory-mapped: resident memory would be the same, and a model that keeps no mapping does not
+    depend on its file staying in place (a cache folder may be cleared while the service runs).
+
+    Args:
+        files: safetensors files.
+    """
+
+    def __init__(self, files: Iterable[Path]) -> None:
+        self._entries: dict[str, tuple[Path, int, torch.dtype, list[int], int]] = {}
+        self.folded: set[str] = set()
+        for path in files:
+            with path.open("rb") as f:
+                (size,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(size))
+            for key, info in header.items():
+                if key == "__metadata__" or info["dtype"] not in _DTYPES:
+                    continue
+                begin, end = info["data_offsets"]
+                entry = (path, 8 + size + begin, _DTYPES[info["dtype"]], info["shape"], end - begin)
+                self._entries.setdefault(key, entry)
+                if "." in key:
+                    self._entries.setdefault(key.split(".", 1)[1], entry)
+
+    def _tensor(self, name: str) -> torch.Tensor | None:
+        entry = self._entries.get(name)
+        if entry is None:
+            return None
+        path, offset, dtype, shape, n_bytes = entry
+        raw = torch.empty(n_bytes, dtype=torch.uint8)
+        if n_bytes:
+            with path.open("rb") as f:
+                f.seek(offset)
+                if f.readinto(raw.numpy().data) != n_bytes:
+                    raise ValueError(f"{path} is truncated: {name!r} is incomplete")
+        return raw.view(dtype).view(shape)
+
+    def get(self, name: str) -> torch.Tensor | None:
+        """The tensor for parameter ``name`` (as stored: no dtype change), or None when absent."""
+        tensor = self._tensor(name)
+        if tensor is not None or not name.endswith(".weight"):
+            return tensor
+        stem = name[: -len(".weight")]
+        for g_name, v_name in (
+            (f"{stem}.weight_g", f"{stem}.weight_v"),
+            (f"{stem}.parametrizations.weight.original0", f"{stem}.parametrizations.weight.original1"),
+        ):
+            g, v = self._tensor(g_name), self._tensor(v_name)
+            if g is not None and v is not None:
+                self.folded.add(name)
+                return fold_weight_norm(g, v).to(v.dtype)
+        return None
+
+
+def fold_weight_norm(g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``g * v / ||v||``, the norm taken over every dimension where ``g`` has size 1 (computed in fp32)."""
+    g, v = g.float(), v.float()
+    kept = [i for i, size in enumerate(g.shape) if size != 1]
+    others = [i for i in range(v.dim()) if i not in kept]
+    return v * (g / torch.linalg.vector_norm(v, dim=others, keepdim=True))
+
+
+def load_speech_encoder(
+    config: Any, layers: Sequence[int], files: Sequence[Path], dtype: torch.dtype
+) -> tuple[SpeechEncoder, set[str]]:
+    """Build a ``SpeechEncoder`` whose parameters are the checkpoint's tensors in ``dtype``.
+
+    Tensors are read one at a time and converted to ``dtype`` where stored in another precision.
+
+    Returns:
+        the model (eval mode, no gradients) and the names of its weights folded from weight norm.
+
+    Raises:
+        ValueError: the files lack a parameter, or hold one with another shape.
+    """
+    with torch.device("meta"):
+        model = SpeechEncoder(config, layers)
+    tensors = SafetensorsReader(files)
+    state: dict[str, torch.Tensor] = {}
+    for name, param in model.named_parameters():
+        tensor = tensors.get(name)
+        if tensor is None:
+            raise ValueError(f"the checkpoint has no tensor {name!r}")
+        if tuple(tensor.shape) != tuple(param.shape):
+            raise ValueError(
+                f"{name!r} has shape {tuple(tensor.shape)} in the checkpoint, {tuple(param.shape)} here"
+            )
+        state[name] = tensor if tensor.dtype == dtype else tensor.to(dtype)
+    model.load_state_dict(state, strict=True, assign=True)
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return model, tensors.folded
