@@ -18,7 +18,6 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from service import __version__
-from service.allocator import set_mmap_threshold
 from service.docs import mount_docs
 from service.engine import InferenceEngine, PredictorFactory
 from service.errors import install_error_handlers
@@ -66,7 +65,6 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        set_mmap_threshold(settings.malloc_mmap_threshold)
         engine = InferenceEngine(settings, metrics, predictor_factory)
         app.state.engine = engine
         bundle_dir = engine.resolve()

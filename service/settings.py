@@ -68,14 +68,6 @@ class ServiceSettings(BaseSettings):
         description="Compute threads for the encoder (torch or ONNX Runtime); 0 means the CPUs this process "
         "may use (its affinity and any container CPU quota).",
     )
-    malloc_mmap_threshold: int = Field(
-        default=1 << 20,
-        ge=0,
-        le=1 << 25,
-        description="Bytes from which glibc malloc serves an allocation with mmap, so the encoder's large "
-        "buffers go back to the system when freed; 0 keeps glibc's adaptive default (which keeps up to "
-        "the largest batch's activations for good).",
-    )
 
     # --- HTTP --------------------------------------------------------------------------------
     host: str = Field(

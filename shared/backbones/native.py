@@ -88,20 +88,38 @@ class ConvLayer(nn.Module):
 class FeatureEncoder(nn.Module):
     """The convolutional feature encoder: ``[B, S]`` samples to ``[B, C, T]`` features.
 
-    Runs one utterance of a batch at a time: its activations (512 channels at a fifth of the sample
-    rate) are the largest tensors of a forward pass, and one at a time keeps them in cache and out of
-    the peak. Utterances are independent here (every norm is per utterance), so the result is the same.
+    Its activations (512 channels at a fifth of the sample rate, in fp32) are the largest tensors of a
+    forward pass, so it runs one utterance at a time and, where every norm is per frame (layer norm),
+    over consecutive pieces of ``chunk_frames`` output frames: each frame depends only on its own
+    receptive field (400 samples for HuBERT), so the pieces join into exactly the whole. Memory then
+    stays bounded by the piece whatever the input length. Group-norm encoders normalise over time and
+    run each utterance whole.
     """
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Any, chunk_frames: int = 50) -> None:
         super().__init__()
         self.conv_layers = nn.ModuleList(ConvLayer(config, i) for i in range(len(config.conv_dim)))
+        self.hop, self.receptive = 1, 1
+        for kernel, stride in zip(config.conv_kernel, config.conv_stride, strict=True):
+            self.receptive += (kernel - 1) * self.hop
+            self.hop *= stride
+        self.chunk_frames = chunk_frames if config.feat_extract_norm == "layer" else 0
 
-    def _one(self, x: torch.Tensor) -> torch.Tensor:
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
         x = x[:, None]
         for layer in self.conv_layers:
             x = layer(x)
         return x
+
+    def _one(self, x: torch.Tensor) -> torch.Tensor:
+        frames = (x.shape[1] - self.receptive) // self.hop + 1
+        if not self.chunk_frames or frames <= self.chunk_frames:
+            return self._run(x)
+        pieces = []
+        for first in range(0, frames, self.chunk_frames):
+            last = min(first + self.chunk_frames, frames) - 1
+            pieces.append(self._run(x[:, first * self.hop : last * self.hop + self.receptive]))
+        return torch.cat(pieces, dim=2)
 
     def forward(self, input_values: torch.Tensor) -> torch.Tensor:
         if input_values.shape[0] == 1:

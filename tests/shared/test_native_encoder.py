@@ -159,3 +159,22 @@ def test_serving_a_supported_encoder_does_not_import_transformers_model_code(tmp
         [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=True
     )
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_feature_encoder_in_pieces_equals_the_whole(tmp_path):
+    folder = save_random(tmp_path / "m", "hubert-large")
+    backbone = build_backbone(BackboneSpec(kind="hubert", model=str(folder)))
+    encoder = backbone.model.feature_extractor
+    assert encoder.chunk_frames > 0 and (encoder.hop, encoder.receptive) == (320, 400)
+    wave = torch.from_numpy(synthetic_clip("angry", 3.0, seed=5))[None]
+    with torch.inference_mode():
+        encoder.chunk_frames = 0
+        whole = encoder(wave)
+        encoder.chunk_frames = 7  # 149 frames: 21 pieces of 7, and one of 2
+        pieces = encoder(wave)
+    assert pieces.shape == whole.shape == (1, 16, 149)
+    torch.testing.assert_close(pieces, whole, rtol=1e-5, atol=1e-6)
+    group_norm = build_backbone(
+        BackboneSpec(kind="hubert", model=str(save_random(tmp_path / "b", "hubert-base")))
+    )
+    assert group_norm.model.feature_extractor.chunk_frames == 0  # its norm spans the whole utterance
