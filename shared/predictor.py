@@ -69,9 +69,11 @@ class Predictor:
         self.last_timings = BatchTimings()
         if backbone.dtype != bundle.embedding_dtype:
             log.warning(
-                "serving embeddings in %s, but the classifier was trained on %s embeddings: "
-                "predictions may differ slightly from the bundle's reported metrics",
+                "serving embeddings in %s, but the classifier was trained on %s embeddings: predictions "
+                "may differ slightly from the bundle's reported metrics (set the dtype to %s to serve "
+                "the training precision)",
                 backbone.dtype,
+                bundle.embedding_dtype,
                 bundle.embedding_dtype,
             )
 
@@ -90,8 +92,7 @@ class Predictor:
     ) -> Predictor:
         """Load and verify the bundle, then build the backbone its manifest names.
 
-        ``dtype="auto"`` serves in the precision of the bundle's training embeddings where the device runs
-        it natively, else fp32; ``backend`` is ``torch``, ``onnx`` or ``onnx-int8``; ``threads`` is the
+        ``dtype="auto"`` serves in the device's fast precision (see ``resolve_dtype``); ``backend`` is ``torch``, ``onnx`` or ``onnx-int8``; ``threads`` is the
         encoder's compute threads (``None``: the CPUs this process may use).
 
         Raises:
@@ -107,7 +108,6 @@ class Predictor:
             local_files_only=local_files_only,
             backend=backend,
             threads=threads,
-            trained_dtype=bundle.embedding_dtype,
         )
         expected = bundle.manifest["backbone"].get("dim")
         if expected is not None and int(expected) != backbone.dim:

@@ -25,13 +25,12 @@ def build_backbone(
     local_files_only: bool = False,
     backend: str = "torch",
     threads: int | None = None,
-    trained_dtype: str | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> Backbone:
     """Build the backbone a spec describes.
 
     ``device``, ``dtype``, ``max_batch_size``, ``window_seconds``, ``model_override``, ``backend``,
-    ``threads``, ``trained_dtype`` and ``cache_dir`` apply to ``hubert`` backbones (see
+    ``threads`` and ``cache_dir`` apply to ``hubert`` backbones (see
     ``HuggingFaceEncoder`` and ``OnnxEncoder``); ``egemaps`` ignores them.
 
     ``backend``: ``"torch"`` (default), ``"onnx"`` (ONNX Runtime, fp32) or ``"onnx-int8"`` (ONNX Runtime,
@@ -78,6 +77,5 @@ def build_backbone(
         model_override=model_override,
         local_files_only=local_files_only,
         threads=threads,
-        trained_dtype=trained_dtype,
         cache_dir=cache_dir,
     )

@@ -287,12 +287,9 @@ def test_threads_are_capped_at_the_cpus_available_unless_set():
         torch.set_num_threads(before)
 
 
-def test_auto_dtype_keeps_the_bundles_precision_where_the_cpu_runs_it(monkeypatch):
+def test_auto_dtype_is_bf16_where_the_cpu_has_bf16_units(monkeypatch):
     cpu = torch.device("cpu")
     for fast in (True, False):
         monkeypatch.setattr(hubert_module, "cpu_has_fast_bf16", lambda fast=fast: fast)
         assert resolve_dtype("auto", cpu) == ("bf16" if fast else "fp32")
-        assert resolve_dtype("auto", cpu, trained_dtype="fp32") == "fp32"
-        assert resolve_dtype("auto", cpu, trained_dtype="bf16") == ("bf16" if fast else "fp32")
-        assert resolve_dtype("auto", cpu, trained_dtype="fp16") == "fp32"
-        assert resolve_dtype("bf16", cpu, trained_dtype="fp32") == "bf16"  # explicit wins
+        assert resolve_dtype("bf16", cpu) == "bf16" and resolve_dtype("fp32", cpu) == "fp32"  # explicit wins

@@ -66,12 +66,14 @@ def test_warmup_runs_the_whole_path(predictor):
     assert predictor.last_timings.embed_s > 0
 
 
-def test_auto_precision_follows_the_bundle_and_other_precisions_warn(hubert_bundle, caplog):
-    assert Predictor.from_bundle(hubert_bundle, dtype="auto").backbone.dtype == "fp32"  # trained in fp32
+def test_serving_another_precision_than_the_training_one_warns(hubert_bundle, caplog):
+    with caplog.at_level("WARNING", logger="shared.predictor"):
+        same = Predictor.from_bundle(hubert_bundle, dtype="fp32")  # trained in fp32
+    assert same.backbone.dtype == "fp32" and "trained on" not in caplog.text
     with caplog.at_level("WARNING", logger="shared.predictor"):
         served = Predictor.from_bundle(hubert_bundle, dtype="bf16")
     assert served.backbone.dtype == "bf16"
-    assert "trained on fp32 embeddings" in caplog.text
+    assert "trained on fp32 embeddings" in caplog.text and "set the dtype to fp32" in caplog.text
 
 
 def test_the_onnx_backend_serves_the_same_predictions(hubert_bundle):
