@@ -338,6 +338,7 @@ class Settings:
     threads: int | None
     cache_dir: Path | None
     accuracy_clips: int
+    agreement_clips: int
     skip_http: bool
     http_variants: list[str]
     http_requests: int
@@ -419,6 +420,10 @@ def run_benchmark(cfg: Settings, say: Callable[[str], None]) -> dict[str, Any]:
         say(f"comparing embeddings with fp32 on {cfg.accuracy_clips} clips")
         result["accuracy"] = measure_accuracy(backbones, cfg.accuracy_clips)
 
+        if cfg.agreement_clips:
+            say(f"prediction agreement with fp32 on {cfg.agreement_clips} RAVDESS clips")
+            result["prediction_agreement"] = measure_prediction_agreement(backbones, cfg.agreement_clips)
+
         say("measuring what dropping the layers above the one read saves")
         result["truncation"] = measure_truncation(folder, cfg, n_layers)
 
@@ -488,6 +493,60 @@ def measure_accuracy(backbones: dict[str, Any], n_clips: int) -> dict[str, Any]:
         return out
     for name, emb in embeddings.items():
         out["variants"][name] = embedding_agreement(embeddings[reference], emb)
+    return out
+
+
+def measure_prediction_agreement(backbones: dict[str, Any], n_clips: int) -> dict[str, Any]:
+    """What each variant does to predictions, on real speech with a speaker-independent split.
+
+    ``n_clips`` RAVDESS clips, as many of each of the six emotions, spread over all actors (from
+    ``$SER_TEST_DATA``); the project's classifier is fitted on fp32 embeddings of actors 1-16 and
+    predicts actors 17-24 from each variant's embeddings. Reports, per variant: the share of predictions equal to fp32's, unweighted
+    accuracy, and the largest change of a class probability.
+    """
+    from sklearn.metrics import balanced_accuracy_score
+
+    from shared.audio import load_audio
+    from training.corpora.ravdess import prepare_ravdess
+    from training.pipeline import make_pipeline
+
+    data = os.environ.get("SER_TEST_DATA")
+    folder = Path(data) / "ravdess16k" if data else None
+    if folder is None or not folder.is_dir():
+        return {"skipped": "needs the RAVDESS folder: set SER_TEST_DATA to the shared data folder"}
+    utterances = list(prepare_ravdess(folder).utterances)
+    chosen = []
+    for label in EMOTIONS:  # the same number of each emotion, spread over the actors
+        of_label = [u for u in utterances if u.label == label]
+        per_label = min(len(of_label), max(1, n_clips // len(EMOTIONS)))
+        chosen += [of_label[i * len(of_label) // per_label] for i in range(per_label)]
+    waves = [load_audio(u.path.read_bytes()) for u in chosen]
+    labels = np.array([u.label for u in chosen])
+    test = np.array([int(u.meta["actor"]) > 16 for u in chosen])
+    reference = "torch-fp32" if "torch-fp32" in backbones else "naive"
+    if reference not in backbones:
+        return {"skipped": "needs the torch-fp32 or naive variant as the reference"}
+    embeddings = {
+        name: b.embed_batch(waves) for name, b in backbones.items() if name != "naive" or name == reference
+    }
+    train = embeddings[reference][~test]
+    pipeline = make_pipeline(len(train), train.shape[1]).fit(train, labels[~test])
+    expected = pipeline.predict(embeddings[reference][test])
+    expected_proba = pipeline.predict_proba(embeddings[reference][test])
+    out: dict[str, Any] = {
+        "clips": len(chosen),
+        "train_clips": int((~test).sum()),
+        "test_clips": int(test.sum()),
+        "reference": reference,
+        "variants": {},
+    }
+    for name, emb in embeddings.items():
+        predicted = pipeline.predict(emb[test])
+        out["variants"][name] = {
+            "same_prediction_as_reference": float(np.mean(predicted == expected)),
+            "unweighted_accuracy": float(balanced_accuracy_score(labels[test], predicted)),
+            "max_probability_change": float(np.abs(pipeline.predict_proba(emb[test]) - expected_proba).max()),
+        }
     return out
 
 
@@ -863,6 +922,19 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
                 f"error {100 * entry['relative_error_mean']:.2f}% of inter-clip distance "
                 f"(max {100 * entry['relative_error_max']:.2f}%, common offset {100 * entry['common_offset']:.2f}%)"
             )
+    agreement = result.get("prediction_agreement", {})
+    if agreement.get("variants"):
+        lines.append(
+            f"predictions vs {agreement['reference']}, classifier fitted on {agreement['train_clips']} RAVDESS clips "
+            f"(actors 1-16), tested on {agreement['test_clips']} (actors 17-24):"
+        )
+        for name, entry in agreement["variants"].items():
+            lines.append(
+                f"  {name:<12} same prediction {100 * entry['same_prediction_as_reference']:.1f}%, "
+                f"UA {entry['unweighted_accuracy']:.3f}, largest probability change {entry['max_probability_change']:.3f}"
+            )
+    elif "skipped" in agreement:
+        lines.append(f"prediction agreement skipped: {agreement['skipped']}")
     for label, entry in result.get("load_memory", {}).items():
         if "after_load" in entry:
             lines.append(
@@ -956,6 +1028,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--accuracy-clips", type=int, default=None, help="clips compared with fp32 (default 12; quick 4)"
     )
+    parser.add_argument(
+        "--agreement-clips",
+        type=int,
+        default=0,
+        help="RAVDESS clips (needs SER_TEST_DATA) for the prediction agreement of each variant with fp32, "
+        "speaker-independent (default 0: not measured; 240 takes minutes per variant)",
+    )
     parser.add_argument("--skip-http", action="store_true", help="leave out the HTTP measurements")
     parser.add_argument(
         "--http-variants",
@@ -1000,6 +1079,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         threads=args.threads,
         cache_dir=args.cache_dir,
         accuracy_clips=args.accuracy_clips or (4 if quick else 12),
+        agreement_clips=max(0, int(args.agreement_clips)),
         skip_http=bool(args.skip_http),
         http_variants=http_variants,
         http_requests=args.http_requests or (4 if quick else 30),

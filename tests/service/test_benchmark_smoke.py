@@ -102,3 +102,24 @@ def test_truncation_load_memory_and_http_sections(quick_run):
     names = [t["name"] for t in result["targets"]]
     assert any("onnx-int8 vs naive" in n for n in names) and any("HTTP p50" in n for n in names)
     assert "wrote" in stdout and "default variant" in stdout
+
+
+@pytest.mark.realdata
+def test_prediction_agreement_on_real_speech(real_data, tmp_path):
+    out = tmp_path / "benchmark.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SER_CACHE_DIR": str(tmp_path / "cache")}
+    env["SER_TEST_DATA"] = str(real_data)
+    command = [sys.executable, "-m", "service.benchmark", "--quick", "--model", "tiny", "--skip-http"]
+    command += ["--variants", "torch-fp32,torch-bf16", "--seconds", "1", "--agreement-clips", "60"]
+    done = subprocess.run(
+        [*command, "--out", str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    agreement = json.loads(out.read_text())["prediction_agreement"]
+    assert agreement["reference"] == "torch-fp32" and agreement["clips"] == 60
+    assert agreement["train_clips"] > 0 and agreement["test_clips"] > 0
+    assert agreement["train_clips"] + agreement["test_clips"] == 60
+    reference, bf16 = agreement["variants"]["torch-fp32"], agreement["variants"]["torch-bf16"]
+    assert reference["same_prediction_as_reference"] == 1.0 and reference["max_probability_change"] == 0.0
+    assert 0.0 <= bf16["same_prediction_as_reference"] <= 1.0 and 0.0 <= bf16["unweighted_accuracy"] <= 1.0
+    assert "same prediction" in done.stdout
