@@ -74,8 +74,10 @@ CACHE_ENV = "SER_CACHE_DIR"
 
 #: How bf16/fp16 weights are used (recorded in backbone fingerprints: it changes the embeddings).
 HALF_PRECISION_METHOD = "half-weights-fp32-activations-bias-corrected-v1"
-#: The corrected fp32 parameters, kept beside a cached half-precision checkpoint.
+#: The corrected fp32 parameters, kept beside a cached half-precision checkpoint (parameter names
+#: differ between the project's modules and transformers' model, hence one file for each).
 FULL_PRECISION_FILE = "full_precision.safetensors"
+FULL_PRECISION_FILE_TRANSFORMERS = "full_precision-transformers.safetensors"
 CALIBRATION_CLIPS = 8
 CALIBRATION_SEED = 20_000
 
@@ -699,7 +701,8 @@ class HuggingFaceEncoder(PooledSpeechEncoder):
         """
         modules, folded_here = convert_to_half_weights(model, _TORCH_DTYPES[self.dtype])
         folded = folded | folded_here
-        saved = converted / FULL_PRECISION_FILE if converted is not None else None
+        name = FULL_PRECISION_FILE if self.native else FULL_PRECISION_FILE_TRANSFORMERS
+        saved = converted / name if converted is not None else None
         if saved is not None and saved.is_file() and load_full_precision_state(model, folded, saved):
             return
         files = self.source.safetensors_files()

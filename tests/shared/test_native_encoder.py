@@ -178,3 +178,23 @@ def test_the_feature_encoder_in_pieces_equals_the_whole(tmp_path):
         BackboneSpec(kind="hubert", model=str(save_random(tmp_path / "b", "hubert-base")))
     )
     assert group_norm.model.feature_extractor.chunk_frames == 0  # its norm spans the whole utterance
+
+
+def test_both_model_codes_keep_their_own_corrected_parameters_in_one_cache(tmp_path, waves, monkeypatch):
+    from shared.backbones import hubert
+
+    folder = save_random(tmp_path / "m", "hubert-large")
+    spec = BackboneSpec(kind="hubert", model=str(folder))
+    native = build_backbone(spec, dtype="bf16", cache_dir=tmp_path / "c")
+    (entry,) = (tmp_path / "c" / "weights").iterdir()
+    ours = entry / hubert.FULL_PRECISION_FILE
+    written = ours.stat().st_mtime_ns
+    with monkeypatch.context() as patch:
+        patch.setattr(hubert, "unsupported_reason", lambda config: "forced for the test")
+        other = build_backbone(spec, dtype="bf16", cache_dir=tmp_path / "c")
+    assert not other.native and (entry / hubert.FULL_PRECISION_FILE_TRANSFORMERS).is_file()
+    again = build_backbone(spec, dtype="bf16", cache_dir=tmp_path / "c")
+    assert again.native and ours.stat().st_mtime_ns == written
+    np.testing.assert_array_equal(again.embed_batch(waves), native.embed_batch(waves))
+    # The same computation either way, up to bf16 rounding of the activations' order of operations.
+    np.testing.assert_allclose(other.embed_batch(waves), native.embed_batch(waves), rtol=0.05, atol=0.05)
