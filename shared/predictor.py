@@ -92,8 +92,9 @@ class Predictor:
     ) -> Predictor:
         """Load and verify the bundle, then build the backbone its manifest names.
 
-        ``dtype="auto"`` serves in the device's fast precision (see ``resolve_dtype``); ``backend`` is ``torch``, ``onnx`` or ``onnx-int8``; ``threads`` is the
-        encoder's compute threads (``None``: the CPUs this process may use).
+        ``dtype="auto"`` serves in the device's fast precision (see ``resolve_dtype``); ``backend`` is
+        ``torch``, ``onnx`` or ``onnx-int8``; ``threads`` is the encoder's compute threads (``None``: the
+        CPUs this process may use).
 
         Raises:
             BundleError: the bundle is missing or refused; BackboneError: the encoder cannot be loaded.

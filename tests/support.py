@@ -75,6 +75,13 @@ def make_tiny_hubert(folder: Path, *, layer_norm: bool = True, layers: int = 3, 
     return folder
 
 
+def relative_error(reference: np.ndarray, other: np.ndarray) -> float:
+    """Mean distance to the reference relative to the mean distance between different clips."""
+    pairs = np.linalg.norm(reference[:, None] - reference[None], axis=2)
+    inter = pairs[np.triu_indices(len(reference), 1)].mean()
+    return float(np.linalg.norm(other - reference, axis=1).mean() / inter)
+
+
 def synthetic_dataset(
     per_class: int = 8, seconds: float = 1.5
 ) -> tuple[list[np.ndarray], list[str], list[str]]:

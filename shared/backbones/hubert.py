@@ -51,7 +51,13 @@ import numpy as np
 import torch
 
 from shared.backbones.base import BackboneSpec, EmbeddingStats
-from shared.backbones.native import LAST_HIDDEN_STATE, load_speech_encoder, unsupported_reason
+from shared.backbones.native import (
+    LAST_HIDDEN_STATE,
+    kept_layer_count,
+    load_speech_encoder,
+    read_safetensors_header,
+    unsupported_reason,
+)
 from shared.backbones.precision import (
     CheckpointTensors,
     convert_to_half_weights,
@@ -340,12 +346,6 @@ def requested_layers(spec: BackboneSpec, n_layers: int) -> list[int]:
     return list(range(first, last + 1))
 
 
-def kept_layer_count(layers: Sequence[int], n_layers: int) -> int:
-    """How many transformer layers must run to produce ``layers`` (at least 1)."""
-    top = n_layers if LAST_HIDDEN_STATE in layers else max(layers)
-    return max(top, 1)
-
-
 class HiddenStateReadout(torch.nn.Module):
     """A (truncated) Hugging Face encoder returning the chosen hidden state directly.
 
@@ -397,13 +397,6 @@ _SAFETENSORS_DTYPES = {"F32": (np.float32, 4), "F16": (np.float16, 2), "BF16": (
 _LAYER_KEY = re.compile(r"(?:^|\.)encoder\.layers\.(\d+)\.")
 
 
-def _read_safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
-    with path.open("rb") as f:
-        (size,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(size))
-    return header, 8 + size
-
-
 def _write_half_safetensors(sources: list[Path], target: Path, dtype: str, kept_layers: int) -> None:
     """Rewrite safetensors files as one file with float tensors in ``dtype`` ("bf16" or "fp16"), dropping
     the transformer layers from ``kept_layers`` up. Reads one tensor at a time with plain file reads (no
@@ -411,7 +404,7 @@ def _write_half_safetensors(sources: list[Path], target: Path, dtype: str, kept_
     tag = {"bf16": "BF16", "fp16": "F16"}[dtype]
     entries: list[tuple[str, Path, dict[str, Any], int]] = []
     for src in sources:
-        header, start = _read_safetensors_header(src)
+        header, start = read_safetensors_header(src)
         for name, info in header.items():
             if name == "__metadata__":
                 continue
@@ -647,7 +640,8 @@ class HuggingFaceEncoder(PooledSpeechEncoder):
             converted = half_precision_checkpoint(
                 source, self.dtype, self.kept_layers, Path(cache_dir) if cache_dir else None
             )
-        files = [converted / "model.safetensors"] if converted is not None else source.safetensors_files()
+        source_files = source.safetensors_files()
+        files = [converted / "model.safetensors"] if converted is not None else source_files
         why_not_native = (
             unsupported_reason(source.config) if files else "its weights are not in safetensors files"
         )
@@ -667,7 +661,7 @@ class HuggingFaceEncoder(PooledSpeechEncoder):
         model = model.to(device=self.device)
         if self.dtype != "fp32":
             self.fingerprint["half_precision"] = HALF_PRECISION_METHOD
-            self._use_half_weights(model, converted, folded)
+            self._use_half_weights(model, converted, folded, source_files)
         if self.native:
             self.readout: torch.nn.Module = model
         else:
@@ -693,11 +687,18 @@ class HuggingFaceEncoder(PooledSpeechEncoder):
             p.requires_grad_(False)
         return model
 
-    def _use_half_weights(self, model: torch.nn.Module, converted: Path | None, folded: set[str]) -> None:
+    def _use_half_weights(
+        self,
+        model: torch.nn.Module,
+        converted: Path | None,
+        folded: set[str],
+        source_files: list[Path] | None,
+    ) -> None:
         """Half-precision matrix weights, fp32 everything else, bias-corrected (see ``precision``).
 
-        The corrected fp32 parameters are computed once from the checkpoint and kept beside the cached
-        half-precision weights (``full_precision.safetensors``); later loads read them back.
+        The corrected fp32 parameters are computed once from the checkpoint's ``source_files`` and kept
+        beside the cached half-precision weights (``full_precision.safetensors``); later loads read them
+        back.
         """
         modules, folded_here = convert_to_half_weights(model, _TORCH_DTYPES[self.dtype])
         folded = folded | folded_here
@@ -705,8 +706,7 @@ class HuggingFaceEncoder(PooledSpeechEncoder):
         saved = converted / name if converted is not None else None
         if saved is not None and saved.is_file() and load_full_precision_state(model, folded, saved):
             return
-        files = self.source.safetensors_files()
-        if files is None:
+        if source_files is None:
             log.warning(
                 "%s has no safetensors weights: its biases and norms stay rounded to %s and are not "
                 "bias-corrected, so embeddings differ more from fp32",
@@ -714,7 +714,7 @@ class HuggingFaceEncoder(PooledSpeechEncoder):
                 self.dtype,
             )
             return
-        exact = CheckpointTensors(files)
+        exact = CheckpointTensors(source_files)
         restore_from_checkpoint(model, folded, exact)
         means = mean_inputs(modules, lambda: self._run_calibration(model))
         corrected = correct_biases(modules, means, exact)

@@ -35,6 +35,20 @@ LAST_HIDDEN_STATE = -1
 _DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
 
 
+def kept_layer_count(layers: Sequence[int], n_layers: int) -> int:
+    """How many transformer layers must run to produce hidden states ``layers`` (at least 1)."""
+    top = n_layers if LAST_HIDDEN_STATE in layers else max(layers)
+    return max(top, 1)
+
+
+def read_safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
+    """A safetensors file's JSON header and the offset where its tensor data starts."""
+    with path.open("rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(size))
+    return header, 8 + size
+
+
 def unsupported_reason(config: Any) -> str | None:
     """Why this module cannot run an encoder with ``config`` (a transformers config), or None if it can."""
     model_type = getattr(config, "model_type", None)
@@ -244,20 +258,15 @@ class SpeechEncoder(nn.Module):
         reason = unsupported_reason(config)
         if reason is not None:
             raise ValueError(f"not a supported encoder: {reason}")
-        n_layers = int(config.num_hidden_layers)
         self.layers_read = tuple(layers)
-        top = n_layers if LAST_HIDDEN_STATE in self.layers_read else max(self.layers_read)
-        self.conv = list(zip(config.conv_kernel, config.conv_stride, strict=True))
-        self.n_layers = n_layers
         self.feature_extractor = FeatureEncoder(config)
         self.feature_projection = FeatureProjection(config)
-        self.encoder = Encoder(config, max(top, 1))
+        self.encoder = Encoder(config, kept_layer_count(self.layers_read, int(config.num_hidden_layers)))
 
     def frame_counts(self, lengths: torch.Tensor) -> torch.Tensor:
         """Encoder frames from input lengths in samples (int64 ``[B]``)."""
-        for kernel, stride in self.conv:
-            lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
-        return lengths
+        encoder = self.feature_extractor
+        return torch.div(lengths - encoder.receptive, encoder.hop, rounding_mode="floor") + 1
 
     def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         x = self.feature_projection(self.feature_extractor(input_values).transpose(1, 2))
@@ -303,14 +312,12 @@ class SafetensorsReader:
         self._entries: dict[str, tuple[Path, int, torch.dtype, list[int], int]] = {}
         self.folded: set[str] = set()
         for path in files:
-            with path.open("rb") as f:
-                (size,) = struct.unpack("<Q", f.read(8))
-                header = json.loads(f.read(size))
+            header, start = read_safetensors_header(path)
             for key, info in header.items():
                 if key == "__metadata__" or info["dtype"] not in _DTYPES:
                     continue
                 begin, end = info["data_offsets"]
-                entry = (path, 8 + size + begin, _DTYPES[info["dtype"]], info["shape"], end - begin)
+                entry = (path, start + begin, _DTYPES[info["dtype"]], info["shape"], end - begin)
                 self._entries.setdefault(key, entry)
                 if "." in key:
                     self._entries.setdefault(key.split(".", 1)[1], entry)

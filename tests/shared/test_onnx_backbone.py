@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from support import make_tiny_hubert, synthetic_clip
+from support import make_tiny_hubert, relative_error, synthetic_clip
 
 from shared.backbones import BackboneSpec, build_backbone
 from shared.backbones import hubert as hubert_module
@@ -44,13 +44,6 @@ def op_counts(path: Path) -> dict[str, int]:
     for node in onnx.load(str(path), load_external_data=False).graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return counts
-
-
-def relative_error(reference: np.ndarray, other: np.ndarray) -> float:
-    """Mean distance to the reference relative to the mean distance between different clips."""
-    pairs = np.linalg.norm(reference[:, None] - reference[None], axis=2)
-    inter = pairs[np.triu_indices(len(reference), 1)].mean()
-    return float(np.linalg.norm(other - reference, axis=1).mean() / inter)
 
 
 def test_fp32_matches_torch_on_padded_batches_and_one_at_a_time(tiny_hubert_dir, waves, cache):

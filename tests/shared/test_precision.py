@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
-from support import synthetic_clip
+from support import relative_error, synthetic_clip
 from torch import nn
 
 from shared.backbones import BackboneSpec, build_backbone
@@ -22,13 +22,6 @@ from shared.backbones.precision import (
     load_full_precision_state,
     mean_inputs,
 )
-
-
-def relative_error(reference: np.ndarray, other: np.ndarray) -> float:
-    """Mean distance to the reference relative to the mean distance between different clips."""
-    pairs = np.linalg.norm(reference[:, None] - reference[None], axis=2)
-    inter = pairs[np.triu_indices(len(reference), 1)].mean()
-    return float(np.linalg.norm(other - reference, axis=1).mean() / inter)
 
 
 class Layers(nn.Module):
