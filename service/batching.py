@@ -86,6 +86,9 @@ class MicroBatcher:
             (default ``4 * max_batch_size``).
         length_ratio: a sub-batch's longest waveform is at most this many times its shortest.
         on_batch: called on the batcher's thread after each batch with (size, seconds).
+        warmup: run once on the batcher's thread before any batch; ``warmed_up`` completes when it has
+            (or holds its exception, and the batcher then stops admitting). Warming up on the thread that
+            serves keeps the memory the first batches allocate in one place instead of two.
     """
 
     def __init__(
@@ -98,6 +101,7 @@ class MicroBatcher:
         window: int | None = None,
         length_ratio: float = 2.0,
         on_batch: Callable[[int, float], None] | None = None,
+        warmup: Callable[[], None] | None = None,
         name: str = "ser-inference",
     ) -> None:
         if max_batch_size < 1 or queue_depth < 1:
@@ -115,6 +119,8 @@ class MicroBatcher:
         self._stopping = False
         self._drain = True
         self._announced = 0
+        self._warmup = warmup
+        self.warmed_up: concurrent.futures.Future[None] = concurrent.futures.Future()
         self.stats = BatcherStats()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -242,6 +248,15 @@ class MicroBatcher:
         return batches
 
     def _run(self) -> None:
+        try:
+            if self._warmup is not None:
+                self._warmup()
+        except BaseException as exc:
+            with self._cond:
+                self._accepting = False
+            self.warmed_up.set_exception(exc)
+            return
+        self.warmed_up.set_result(None)
         while True:
             window = self._take_window()
             if window is None:

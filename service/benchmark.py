@@ -581,6 +581,15 @@ def measure_truncation(folder: Path, cfg: Settings, n_layers: int) -> dict[str, 
     }
 
 
+def batched_throughput(backbone: Any, size: int, repeats: int) -> float:
+    """Clips/s of ``backbone`` on one batch of ``size`` equal 2.5 s clips (median of ``repeats``)."""
+    batch = [speech_like(2.5, seed=50 + i) for i in range(size)]
+    backbone.embed_batch(batch)
+    return size / float(
+        np.median([timed(functools.partial(backbone.embed_batch, batch)) for _ in range(repeats)])
+    )
+
+
 def measure_batched(backbone: Any, cfg: Settings) -> dict[str, Any]:
     """Clips/s for batches of equal 2.5 s clips; ``best`` is the highest."""
     clips = [speech_like(2.5, seed=50 + i) for i in range(max(cfg.batch_sizes))]
@@ -722,7 +731,7 @@ def start_server(
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
     }
     command = [sys.executable, "-m", "service.benchmark", "serve", "--bundle", str(bundle)]
-    command += ["--variant", variant.name, "--port", str(port), "--cache-dir", str(cfg.cache_dir)]
+    command += ["--variant", variant.name, "--port", str(port)]
     if cfg.threads:
         command += ["--threads", str(cfg.threads)]
     with log_file.open("wb") as sink:
@@ -798,10 +807,18 @@ def measure_http(
         out["single_client_p50_over_server_inference"] = p50 / server_inf if p50 and server_inf else None
 
         out["concurrency"] = {}
+        top = max(cfg.concurrency)
+        best_size = batched["best"]["batch_size"]
         for clients in cfg.concurrency:
             total = max(cfg.http_requests, 3 * clients) if not cfg.quick else max(4, 2 * clients)
+            if clients == top:
+                # The reference is timed just before and just after this load, with the server idle:
+                # this machine's speed drifts by 10-20% over minutes, a ratio must not measure that.
+                around = [batched_throughput(backbone, best_size, max(2, cfg.repeats // 2))]
             say(f"  {clients} concurrent clients, {total} requests")
             out["concurrency"][str(clients)] = asyncio.run(_load(url, body, clients, total))
+            if clients == top:
+                around.append(batched_throughput(backbone, best_size, max(2, cfg.repeats // 2)))
         out["memory"] = read_proc_status(process.pid)
     finally:
         stop_server(process)
@@ -812,7 +829,6 @@ def measure_http(
     batch_time = batched.get(str(batch), batched[max((k for k in batched if k != "best"), key=int)])[
         "median_s"
     ]
-    top = max(cfg.concurrency)
     heavy = out["concurrency"][str(top)]
     # A request waits for the batch in progress, the batches ahead of it, then its own.
     bound = (math.ceil((top - 1) / batch) + 1) * batch_time + defaults.max_batch_wait_ms / 1000
@@ -823,7 +839,16 @@ def measure_http(
         "request_timeout_s": defaults.request_timeout_s,
     }
     out["best_batched_clips_per_s"] = best
-    out["throughput_ratio_at_max_clients"] = heavy["throughput_clips_per_s"] / best
+    out["best_batched_clips_per_s_around_load"] = {
+        "batch_size": best_size,
+        "before": around[0],
+        "after": around[1],
+        "mean": float(np.mean(around)),
+    }
+    # Against the backbone's batched throughput timed around the load (see above); the ratio against
+    # the figure timed minutes earlier is kept for comparison.
+    out["throughput_ratio_at_max_clients"] = heavy["throughput_clips_per_s"] / float(np.mean(around))
+    out["throughput_ratio_vs_earlier_best"] = heavy["throughput_clips_per_s"] / best
     out["p99_bound_s"] = bound
     return out
 
@@ -864,7 +889,8 @@ def evaluate_targets(result: dict[str, Any], cfg: Settings) -> list[dict[str, An
         p99 = heavy["latency"].get("p99_s")
         add(
             f"{name}: {top} clients",
-            f"throughput >= {TARGET_THROUGHPUT_RATIO} x best batched, p99 <= bound, no failure",
+            f"throughput >= {TARGET_THROUGHPUT_RATIO} x best batched (timed around the load), p99 <= bound, "
+            "no failure",
             {
                 "throughput_ratio": ratio,
                 "p99_s": p99,
@@ -960,9 +986,12 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
                 f"p99 {lat.get('p99_s', float('nan')):.3f} s, mean batch {entry['mean_batch_size'] or 0:.1f}, "
                 f"failed {entry['failed']}/{entry['requests']}"
             )
+        around = http["best_batched_clips_per_s_around_load"]
         lines.append(
-            f"  best batched in-process {http['best_batched_clips_per_s']:.2f} clips/s; "
-            f"ratio {http['throughput_ratio_at_max_clients']:.2f}; p99 bound {http['p99_bound_s']:.2f} s"
+            f"  best batched in-process (batch {around['batch_size']}) {around['mean']:.2f} clips/s timed around "
+            f"the load ({http['best_batched_clips_per_s']:.2f} earlier); ratio "
+            f"{http['throughput_ratio_at_max_clients']:.2f} ({http['throughput_ratio_vs_earlier_best']:.2f} vs "
+            f"earlier); p99 bound {http['p99_bound_s']:.2f} s"
         )
     for target in result.get("targets", []):
         state = {True: "MET", False: "NOT MET", None: "n/a"}[target["met"]]
@@ -1174,45 +1203,29 @@ def serve(argv: list[str]) -> int:
     parser.add_argument("--bundle", type=Path, required=True)
     parser.add_argument("--variant", required=True)
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     import uvicorn
 
     from service.app import create_app
-    from service.engine import PredictorFactory
     from service.settings import ServiceSettings
-    from shared.backbones import build_backbone
-    from shared.bundle import load_bundle
-    from shared.predictor import Predictor
 
     variant = Variant.parse(args.variant)
+    if variant.backend == "naive":
+        raise SystemExit("the naive baseline is not served; choose a torch or onnx variant")
+    # The service's own loader; SER_CACHE_DIR and SER_ONNX_CACHE (set by start_server) say where the
+    # converted weights and ONNX exports are.
     settings = ServiceSettings(
         bundle=args.bundle,
         port=args.port,
         device="cpu",
         dtype=cast(Any, variant.dtype if variant.backend == "torch" else "fp32"),
+        backend=cast(Any, variant.backend),
         torch_threads=args.threads or 0,
         hf_offline=True,
         log_level="WARNING",
     )
-    factory: PredictorFactory | None = None  # torch variants: the service's own loader
-    if variant.backend not in ("torch", "naive"):
-
-        def factory(settings: ServiceSettings, bundle_dir: Path) -> Predictor:
-            # The service has no backend setting yet: build the ONNX backbone the way it would.
-            bundle = load_bundle(bundle_dir)
-            backbone = build_backbone(
-                bundle.backbone_spec,
-                backend=variant.backend,
-                max_batch_size=settings.max_batch_size,
-                threads=args.threads,
-                cache_dir=args.cache_dir,
-                local_files_only=True,
-            )
-            return Predictor(bundle, backbone)
-
-    app = create_app(settings, predictor_factory=factory)
+    app = create_app(settings)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_config=None, log_level="warning", access_log=False)
     return 0
 

@@ -152,12 +152,20 @@ class InferenceEngine:
             )
             self.state = "warming_up"
             log.info("warming up %s/%s", predictor.bundle.name, predictor.bundle.version)
-            await asyncio.wrap_future(
-                _run_in_daemon_thread(
-                    lambda: predictor.warmup(seconds=1.0, batch_size=self.settings.max_batch_size),
-                    "ser-warmup",
-                )
+            # The warm-up runs on the batcher's own thread, which then serves.
+            batcher = MicroBatcher(
+                predictor.predict_batch,
+                max_batch_size=self.settings.max_batch_size,
+                max_wait_s=self.settings.max_batch_wait_ms / 1000.0,
+                queue_depth=self.settings.queue_depth,
+                on_batch=self.metrics.observe_batch,
+                warmup=lambda: predictor.warmup(seconds=1.0, batch_size=self.settings.max_batch_size),
             )
+            try:
+                await asyncio.wrap_future(batcher.warmed_up)
+            except BaseException:
+                batcher.close(drain=False, timeout=0)  # the thread ends on its own once the warm-up does
+                raise
         except asyncio.CancelledError:
             self.state = "stopped"
             raise
@@ -167,16 +175,11 @@ class InferenceEngine:
             log.error("the model could not be loaded: %s", self.error, exc_info=exc)
             return
         if self.state != "warming_up":  # stop() ran while we were loading
+            batcher.close(drain=False, timeout=0)
             return
         self.predictor = predictor
         self.description = predictor.describe()
-        self.batcher = MicroBatcher(
-            predictor.predict_batch,
-            max_batch_size=self.settings.max_batch_size,
-            max_wait_s=self.settings.max_batch_wait_ms / 1000.0,
-            queue_depth=self.settings.queue_depth,
-            on_batch=self.metrics.observe_batch,
-        )
+        self.batcher = batcher
         self.metrics.track_queue(
             lambda: float(self.batcher.queue_size if self.batcher else 0), self.settings.queue_depth
         )

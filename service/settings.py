@@ -42,9 +42,10 @@ class ServiceSettings(BaseSettings):
     )
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         default="auto",
-        description="Precision of the speech encoder: 'auto' serves in the precision of the bundle's training "
-        "embeddings where this device runs it natively, else fp32; or fp32, bf16, fp16 (CUDA only). A "
-        "precision other than the bundle's is logged as a warning.",
+        description="Precision of the speech encoder: 'auto' is the device's fast one (bf16 on GPUs and on "
+        "CPUs with bf16 matrix units, else fp32); or fp32, bf16, fp16 (CUDA only). Half precision keeps "
+        "matrix weights in 16 bits and activations in fp32. A precision other than the one of the bundle's "
+        "training embeddings is logged as a warning.",
     )
     backend: Literal["torch", "onnx", "onnx-int8"] = Field(
         default="torch",

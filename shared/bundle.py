@@ -5,10 +5,14 @@ Layout::
     <artifacts>/<name>/<version>/
         manifest.json          what the bundle is, how it was made, and a sha256 for every other file
         classifier.skops       the fitted sklearn pipeline (imputer -> scaler -> PCA -> calibrated SVC), skops format
+        classifier.npz         the same classifier's fitted arrays, which the service applies with numpy
+                               (``shared.classifier``), so it never imports scikit-learn
         report.json, report.md, confusion_matrix.png    evaluation results (optional)
 
 The classifier is stored with skops, not pickle, and loaded with an explicit list of trusted types,
-so loading a bundle cannot run arbitrary code. The loader refuses a bundle whose files do not match
+so loading a bundle cannot run arbitrary code; ``classifier.npz`` holds only numeric and string arrays,
+read without pickle. A bundle without ``classifier.npz`` (older ones, or a pipeline of another shape)
+is served through the skops pipeline. The loader refuses a bundle whose files do not match
 their recorded sha256 and size, whose format version is newer than this code understands, whose
 labels are not the six emotions, or whose classifier file is not a skops archive.
 
@@ -29,10 +33,14 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from shared.backbones.base import BackboneSpec
+from shared.classifier import ClassifierArrays, UnsupportedPipelineError
 from shared.constants import EMOTIONS
 from shared.errors import (
     BundleExistsError,
@@ -45,6 +53,7 @@ from shared.errors import (
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 CLASSIFIER = "classifier.skops"
+CLASSIFIER_ARRAYS = "classifier.npz"
 
 #: The only types a classifier file may contain. Anything else is refused before loading.
 TRUSTED_TYPES: tuple[str, ...] = (
@@ -79,11 +88,23 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 @dataclass(frozen=True)
 class Bundle:
-    """A loaded, verified bundle."""
+    """A loaded, verified bundle.
+
+    Attributes:
+        classifier: what predicts, with ``classes_`` and ``predict_proba(x [n, d]) -> [n, classes]``: the
+            ``ClassifierArrays`` where the bundle has them, else the sklearn pipeline.
+    """
 
     path: Path
     manifest: dict[str, Any]
-    pipeline: Any
+    classifier: Any
+
+    @cached_property
+    def pipeline(self) -> Any:
+        """The fitted sklearn pipeline, read from the skops file on first use (imports scikit-learn)."""
+        if not isinstance(self.classifier, ClassifierArrays):
+            return self.classifier
+        return load_classifier(self.path / CLASSIFIER)
 
     @property
     def name(self) -> str:
@@ -170,8 +191,11 @@ def save_bundle(
     staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=final.parent))
     try:
         sio.dump(pipeline, staging / CLASSIFIER)
+        arrays = _classifier_arrays(pipeline)
+        if arrays is not None:
+            arrays.save(staging / CLASSIFIER_ARRAYS)
         for fname, data in (extra_files or {}).items():
-            if "/" in fname or fname in (MANIFEST, CLASSIFIER):
+            if "/" in fname or fname in (MANIFEST, CLASSIFIER, CLASSIFIER_ARRAYS):
                 raise BundleFormatError(f"extra file name {fname!r} is not allowed")
             (staging / fname).write_bytes(data)
         files = {
@@ -189,6 +213,7 @@ def save_bundle(
                 "file": CLASSIFIER,
                 "format": "skops",
                 "steps": [f"{step}:{type(est).__name__}" for step, est in getattr(pipeline, "steps", [])],
+                **({"arrays": CLASSIFIER_ARRAYS} if arrays is not None else {}),
             },
             "training": training or {},
             "metrics": metrics or {},
@@ -202,6 +227,26 @@ def save_bundle(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return final
+
+
+def _classifier_arrays(pipeline: Any) -> ClassifierArrays | None:
+    """The pipeline's arrays, checked to give its probabilities; None for a pipeline of another shape."""
+    try:
+        arrays = ClassifierArrays.from_pipeline(pipeline)
+    except UnsupportedPipelineError:
+        return None
+    # Probe points spread like the training features, some with missing values.
+    rng = np.random.default_rng(0)
+    probe = arrays.scale_mean + arrays.scale_scale * rng.normal(size=(32, arrays.n_features)) * 1.5
+    probe[0, :] = np.nan
+    probe[1, :: max(1, arrays.n_features // 7)] = np.nan
+    gap = float(np.abs(arrays.predict_proba(probe) - pipeline.predict_proba(probe)).max())
+    if not gap <= 1e-6:
+        raise RuntimeError(
+            f"the classifier's arrays give probabilities {gap:.3g} away from the sklearn pipeline's: "
+            "this scikit-learn version computes them differently; please report it"
+        )
+    return arrays
 
 
 def _version_key(version: str) -> tuple:
@@ -341,10 +386,24 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
     bundle_dir = resolve_bundle_dir(path)
     manifest = read_manifest(bundle_dir)
     verify_files(bundle_dir, manifest)
-    pipeline = load_classifier(bundle_dir / CLASSIFIER)
-    _check_labels(manifest["labels"], [str(c) for c in getattr(pipeline, "classes_", [])])
+    meta = manifest["classifier"] if isinstance(manifest["classifier"], dict) else {}
+    arrays_file = meta.get("arrays")
+    classifier: Any
+    if arrays_file:
+        if arrays_file != CLASSIFIER_ARRAYS or arrays_file not in manifest["files"]:
+            raise BundleIntegrityError(
+                f"the manifest names classifier arrays {arrays_file!r}; expected {CLASSIFIER_ARRAYS}, "
+                "recorded with its sha256"
+            )
+        try:
+            classifier = ClassifierArrays.load(bundle_dir / arrays_file)
+        except ValueError as exc:
+            raise BundleFormatError(str(exc)) from exc
+    else:
+        classifier = load_classifier(bundle_dir / CLASSIFIER)
+    _check_labels(manifest["labels"], [str(c) for c in getattr(classifier, "classes_", [])])
     try:
         BackboneSpec.from_dict(manifest["backbone"])
     except Exception as exc:
         raise BundleFormatError(f"the manifest's backbone spec is invalid: {exc}") from exc
-    return Bundle(path=bundle_dir, manifest=manifest, pipeline=pipeline)
+    return Bundle(path=bundle_dir, manifest=manifest, classifier=classifier)

@@ -63,7 +63,7 @@ class Predictor:
         self.bundle = bundle
         self.backbone = backbone
         self.labels: tuple[str, ...] = EMOTIONS
-        classes = [str(c) for c in bundle.pipeline.classes_]
+        classes = [str(c) for c in bundle.classifier.classes_]
         # Column of each emotion in predict_proba's output, in EMOTIONS order.
         self._columns = [classes.index(label) for label in EMOTIONS]
         self.last_timings = BatchTimings()
@@ -128,7 +128,7 @@ class Predictor:
         """Classify embeddings ``[n, d]`` with the bundle's pipeline."""
         if len(embeddings) == 0:
             return []
-        proba = self.bundle.pipeline.predict_proba(sanitize_features(embeddings))[:, self._columns]
+        proba = self.bundle.classifier.predict_proba(sanitize_features(embeddings))[:, self._columns]
         proba = np.clip(proba, 0.0, None)
         proba = proba / proba.sum(axis=1, keepdims=True)
         results = []

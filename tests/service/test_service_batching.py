@@ -214,3 +214,38 @@ def test_a_forming_batch_waits_only_for_announced_waveforms() -> None:
     finally:
         batcher.close()
     assert rec.batches == [[100], [200, 210], [300]]
+
+
+def test_the_warm_up_runs_on_the_serving_thread_before_any_batch() -> None:
+    rec = Recorder()
+    threads: list[str] = []
+    release = threading.Event()
+
+    def warmup() -> None:
+        threads.append(threading.current_thread().name)
+        release.wait(10)
+
+    batcher = MicroBatcher(rec, max_batch_size=4, max_wait_s=0.0, warmup=warmup, name="ser-test-inference")
+    try:
+        early = batcher.submit_nowait(wave(1000))  # queued while warming up, served after
+        time.sleep(0.05)
+        assert not batcher.warmed_up.done() and rec.batches == []
+        release.set()
+        assert batcher.warmed_up.result(5) is None
+        assert early.result(5).prediction == Recorder.predict(1000)
+        assert threads == ["ser-test-inference"]
+    finally:
+        batcher.close()
+
+
+def test_a_failed_warm_up_is_reported_and_admits_nothing() -> None:
+    def warmup() -> None:
+        raise RuntimeError("out of memory")
+
+    batcher = MicroBatcher(Recorder(), warmup=warmup)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        batcher.warmed_up.result(5)
+    with pytest.raises(NotReadyError):
+        batcher.submit_nowait(wave(1000))
+    batcher.close(drain=False, timeout=5)
+    assert not batcher.alive

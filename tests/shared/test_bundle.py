@@ -14,6 +14,7 @@ import pytest
 from shared.backbones import BackboneSpec
 from shared.bundle import (
     CLASSIFIER,
+    CLASSIFIER_ARRAYS,
     FORMAT_VERSION,
     MANIFEST,
     load_bundle,
@@ -21,6 +22,7 @@ from shared.bundle import (
     save_bundle,
     sha256_file,
 )
+from shared.classifier import ClassifierArrays
 from shared.constants import EMOTIONS
 from shared.errors import (
     BundleExistsError,
@@ -65,13 +67,21 @@ def rewrite_manifest(bundle: Path, **changes) -> None:
     (bundle / MANIFEST).write_text(json.dumps(manifest))
 
 
-def rehash_classifier(bundle: Path) -> None:
-    """Record the classifier file's current sha256 and size, as someone rewriting a bundle would."""
+def rehash(bundle: Path, fname: str = CLASSIFIER) -> None:
+    """Record a file's current sha256 and size, as someone rewriting a bundle would."""
     manifest = json.loads((bundle / MANIFEST).read_text())
-    manifest["files"][CLASSIFIER] = {
-        "sha256": sha256_file(bundle / CLASSIFIER),
-        "size": (bundle / CLASSIFIER).stat().st_size,
+    manifest["files"][fname] = {
+        "sha256": sha256_file(bundle / fname),
+        "size": (bundle / fname).stat().st_size,
     }
+    (bundle / MANIFEST).write_text(json.dumps(manifest))
+
+
+def drop_arrays(bundle: Path) -> None:
+    """Make the bundle one written before classifier arrays existed."""
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    del manifest["classifier"]["arrays"], manifest["files"][CLASSIFIER_ARRAYS]
+    (bundle / CLASSIFIER_ARRAYS).unlink()
     (bundle / MANIFEST).write_text(json.dumps(manifest))
 
 
@@ -84,11 +94,55 @@ def test_round_trip(tmp_path, fitted):
     assert bundle.backbone_spec == BackboneSpec(kind="egemaps")
     manifest = bundle.manifest
     assert manifest["format_version"] == FORMAT_VERSION
-    assert set(manifest["files"]) == {CLASSIFIER, "report.md"}
+    assert set(manifest["files"]) == {CLASSIFIER, CLASSIFIER_ARRAYS, "report.md"}
+    assert manifest["classifier"]["arrays"] == CLASSIFIER_ARRAYS
     assert manifest["files"][CLASSIFIER]["sha256"] == sha256_file(folder / CLASSIFIER)
     assert {"python", "numpy", "scikit-learn", "skops"} <= set(manifest["libraries"])
     assert manifest["created_at"]
-    np.testing.assert_allclose(bundle.pipeline.predict_proba(x), pipeline.predict_proba(x))
+    assert isinstance(bundle.classifier, ClassifierArrays)
+    expected = pipeline.predict_proba(x)
+    np.testing.assert_allclose(bundle.classifier.predict_proba(x), expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(bundle.pipeline.predict_proba(x), expected)
+
+
+def test_a_bundle_without_classifier_arrays_is_served_through_sklearn(tmp_path, fitted):
+    pipeline, x = fitted
+    bundle_dir = copy_of(write(tmp_path, pipeline), tmp_path)
+    drop_arrays(bundle_dir)
+    bundle = load_bundle(bundle_dir)
+    assert not isinstance(bundle.classifier, ClassifierArrays)
+    assert bundle.pipeline is bundle.classifier
+    np.testing.assert_allclose(bundle.classifier.predict_proba(x), pipeline.predict_proba(x))
+
+
+def test_damaged_classifier_arrays_are_refused(tmp_path, fitted):
+    bundle = copy_of(write(tmp_path, fitted[0]), tmp_path)
+    (bundle / CLASSIFIER_ARRAYS).write_bytes(b"PK\x03\x04 not really a zip")
+    rehash(bundle, CLASSIFIER_ARRAYS)
+    with pytest.raises(BundleFormatError, match="not a readable classifier array file"):
+        load_bundle(bundle)
+
+
+def test_classifier_arrays_holding_a_pickle_are_refused(tmp_path, fitted):
+    bundle = copy_of(write(tmp_path, fitted[0]), tmp_path)
+    good = dict(np.load(bundle / CLASSIFIER_ARRAYS))
+    good["classes"] = np.array([os.system] * 6, dtype=object)  # would need pickle to read back
+    with open(bundle / CLASSIFIER_ARRAYS, "wb") as fh:
+        np.savez(fh, **good)
+    rehash(bundle, CLASSIFIER_ARRAYS)
+    with pytest.raises(BundleFormatError, match="not a readable classifier array file"):
+        load_bundle(bundle)
+
+
+def test_classifier_arrays_that_do_not_fit_together_are_refused(tmp_path, fitted):
+    bundle = copy_of(write(tmp_path, fitted[0]), tmp_path)
+    arrays = dict(np.load(bundle / CLASSIFIER_ARRAYS))
+    arrays["intercept"] = arrays["intercept"][:-1]
+    with open(bundle / CLASSIFIER_ARRAYS, "wb") as fh:
+        np.savez(fh, **arrays)
+    rehash(bundle, CLASSIFIER_ARRAYS)
+    with pytest.raises(BundleFormatError, match="do not fit together"):
+        load_bundle(bundle)
 
 
 def test_versions_are_never_overwritten(tmp_path, fitted):
@@ -142,8 +196,12 @@ def test_a_newer_format_version_is_refused(tmp_path, fitted):
 def test_a_pickle_where_skops_is_expected_is_refused(tmp_path, fitted):
     bundle = copy_of(write(tmp_path, fitted[0]), tmp_path)
     (bundle / CLASSIFIER).write_bytes(pickle.dumps(fitted[0]))
-    # Even with matching hashes (an attacker can rewrite the manifest), a pickle is never loaded.
-    rehash_classifier(bundle)
+    # Even with matching hashes (an attacker can rewrite the manifest), a pickle is never loaded:
+    # not when the sklearn pipeline is asked for, nor when a bundle without arrays is loaded.
+    rehash(bundle)
+    with pytest.raises(BundleFormatError, match="not a skops archive"):
+        _ = load_bundle(bundle).pipeline
+    drop_arrays(bundle)
     with pytest.raises(BundleFormatError, match="not a skops archive"):
         load_bundle(bundle)
 
@@ -156,7 +214,10 @@ def test_untrusted_types_inside_skops_are_refused(tmp_path, fitted):
     bundle = copy_of(write(tmp_path, fitted[0]), tmp_path)
     evil = Pipeline([("f", FunctionTransformer(os.system)), *fitted[0].steps])
     sio.dump(evil, bundle / CLASSIFIER)
-    rehash_classifier(bundle)
+    rehash(bundle)
+    with pytest.raises(BundleFormatError, match="not trusted"):
+        _ = load_bundle(bundle).pipeline
+    drop_arrays(bundle)
     with pytest.raises(BundleFormatError, match="not trusted"):
         load_bundle(bundle)
 

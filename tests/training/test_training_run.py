@@ -141,6 +141,7 @@ def test_run_writes_a_bundle_that_loads_and_predicts(tmp_path, corpus_dir, capsy
     assert grouped["folds"] == 4 and rand["folds"] == 5
     assert set(bundle.manifest["files"]) == {
         "classifier.skops",
+        "classifier.npz",
         "report.json",
         "report.md",
         "confusion_matrix.png",
