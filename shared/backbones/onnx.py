@@ -9,8 +9,15 @@ range) and exported with ``torch.onnx.export`` (the TorchScript exporter: the dy
 ``onnxscript``, which the extra does not bring), with dynamic batch and length. The export is checked
 against torch on a padded batch before it is kept. For int8, ``quantize_dynamic`` then quantises the
 MatMul nodes whose second input is a weight (the transformer's linear layers and the feature projection)
-to int8 weights with one scale per output channel, activations quantised on the fly; the convolutional feature encoder
-and the attention products stay fp32 (quantising the convolutions ruins the outputs and gains nothing).
+to int8 weights with one scale per output channel, activations quantised on the fly; the convolutional
+feature encoder and the attention products stay fp32 (quantising the convolutions ruins the outputs).
+
+The convolutional feature encoder of layer-norm models (HuBERT-large and the like) is exported as
+``TimeMajorFeatureEncoder``: each convolution becomes strided slices of a ``[batch, time, channels]``
+tensor, joined along channels, times one ``[kernel * in, out]`` matrix, and the layer norms act on the
+last axis with no transposes. The result is the convolution's to float rounding (the export check holds
+it to 1e-4), and ONNX Runtime's matrix product runs it far faster than its 1-D ``Conv``: on 2 cores the
+int8 graph of HuBERT-large takes about two thirds of the time it took with ``Conv`` nodes.
 
 Exports are cached in ``$SER_ONNX_CACHE`` (default ``<cache>/onnx``, see ``default_cache_dir``), one
 folder per digest of the checkpoint's identity, the layers kept and read, the quantisation and the
@@ -29,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from shared.backbones.base import BackboneSpec
 from shared.backbones.hubert import (
@@ -49,7 +57,7 @@ ONNX_DTYPES = ("fp32", "int8")
 #: The ONNX opset of exported graphs (ONNX Runtime 1.18+ runs it).
 OPSET = 17
 #: Bumped whenever the export or quantisation recipe changes, so old cache entries are not reused.
-EXPORT_FORMAT = 1
+EXPORT_FORMAT = 2
 #: Largest difference allowed between the exported graph and torch on the check batch, relative to the
 #: largest absolute value of the torch output.
 EXPORT_TOLERANCE = 1e-4
@@ -75,6 +83,46 @@ def _require_onnxruntime() -> Any:
     return onnxruntime
 
 
+class TimeMajorFeatureEncoder(torch.nn.Module):
+    """A layer-norm convolutional feature encoder as matrix products over ``[B, T, C]`` (see the module doc).
+
+    ``forward(input_values [B, S]) -> [B, C, T]``, what the Hugging Face feature encoder returns. For a
+    convolution of kernel k and stride s, output frame t reads input frames ``t * s + j`` for j < k: the
+    slice ``x[:, j : j - k + 1 : s]`` holds them for every t at once (the same count of frames for each
+    j), so joining the k slices along channels and multiplying by the weight laid out as
+    ``[k * C_in, C_out]`` (row ``j * C_in + c``) is the convolution.
+    """
+
+    def __init__(self, conv_layers: Sequence[torch.nn.Module]) -> None:
+        super().__init__()
+        self.kernels: list[int] = []
+        self.strides: list[int] = []
+        self.weights = torch.nn.ParameterList()
+        self.biases = torch.nn.ParameterList()
+        self.norms = torch.nn.ModuleList()
+        self.activations: list[Any] = []
+        for layer in conv_layers:
+            conv = layer.conv
+            weight = conv.weight.detach()  # [C_out, C_in, k]
+            kernel, stride = int(conv.kernel_size[0]), int(conv.stride[0])
+            matrix = weight.permute(2, 1, 0).reshape(kernel * weight.shape[1], weight.shape[0])
+            bias = conv.bias.detach() if conv.bias is not None else torch.zeros(weight.shape[0])
+            self.weights.append(torch.nn.Parameter(matrix.contiguous(), requires_grad=False))
+            self.biases.append(torch.nn.Parameter(bias.clone(), requires_grad=False))
+            self.norms.append(layer.layer_norm)
+            self.activations.append(layer.activation)
+            self.kernels.append(kernel)
+            self.strides.append(stride)
+
+    def forward(self, input_values: torch.Tensor) -> torch.Tensor:
+        x = input_values[:, :, None]
+        layers = zip(self.kernels, self.strides, self.weights, self.biases, self.norms, self.activations)
+        for kernel, stride, weight, bias, norm, activation in layers:
+            taps = [x[:, j : (j - kernel + 1) or None : stride] for j in range(kernel)]
+            x = activation(norm(torch.matmul(torch.cat(taps, dim=2), weight) + bias))
+        return x.transpose(1, 2)
+
+
 def export_encoder(
     source: EncoderSource, layers: Sequence[int], kept_layers: int, target: Path, *, opset: int = OPSET
 ) -> None:
@@ -97,6 +145,8 @@ def export_encoder(
     except Exception as exc:  # transformers raises OSError, ValueError, HFValidationError...
         raise BackboneError(source.load_failure(exc)) from exc
     model.encoder.layers = model.encoder.layers[:kept_layers]
+    if getattr(model.config, "feat_extract_norm", None) == "layer":
+        model.feature_extractor = TimeMajorFeatureEncoder(model.feature_extractor.conv_layers)
     model.eval()
     readout = HiddenStateReadout(model, layers).eval()
 
@@ -145,9 +195,13 @@ def export_encoder(
 
 def quantize_encoder(fp32_model: Path, target: Path) -> None:
     """Quantise ``fp32_model``'s weight MatMuls to int8 (dynamic activations) into ``target``."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     external = any(p.name != fp32_model.name for p in fp32_model.parent.iterdir() if p.suffix != ".json")
+    # The feature encoder's convolutions, exported as MatMuls, stay fp32.
+    graph = onnx.load(str(fp32_model), load_external_data=False).graph
+    keep_fp32 = [n.name for n in graph.node if n.op_type == "MatMul" and "/feature_extractor/" in n.name]
     started = time.perf_counter()
     root = logging.getLogger()
     level = root.level
@@ -159,6 +213,7 @@ def quantize_encoder(fp32_model: Path, target: Path) -> None:
             op_types_to_quantize=["MatMul"],
             weight_type=QuantType.QInt8,
             per_channel=True,
+            nodes_to_exclude=keep_fp32,
             use_external_data_format=external,
             extra_options={"MatMulConstBOnly": True},
         )

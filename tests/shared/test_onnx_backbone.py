@@ -117,10 +117,30 @@ def test_int8_quantises_only_the_weight_matmuls_and_stays_close(tiny_hubert_dir,
     assert not np.array_equal(int8, fp32)  # it is really quantised...
     assert relative_error(fp32, int8) < 0.25  # ...and still close
     ops = op_counts(backbone.model_path)
-    # 3 layers x 6 linear layers + the feature projection; the attention products stay fp32.
+    # 3 layers x 6 linear layers + the feature projection; the attention products and the feature
+    # encoder's 7 convolutions (exported as MatMuls) stay fp32.
     assert ops.get("MatMulInteger", 0) == 3 * 6 + 1
-    assert ops["MatMul"] == 3 * 2
-    assert "ConvInteger" not in ops and ops["Conv"] == 7 + 1  # the feature encoder and positional conv
+    assert ops["MatMul"] == 3 * 2 + 7
+    assert "ConvInteger" not in ops and ops["Conv"] == 1  # the positional convolution
+
+
+@pytest.mark.parametrize("samples", [400, 401, 999, 16000, 16003])
+def test_the_time_major_feature_encoder_is_the_convolution_stack(tmp_path, samples):
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(make_tiny_hubert(tmp_path / "m")).eval()
+    rebuilt = onnx_module.TimeMajorFeatureEncoder(model.feature_extractor.conv_layers)
+    x = torch.from_numpy(np.random.default_rng(samples).standard_normal((2, samples)).astype(np.float32))
+    with torch.no_grad():
+        expected, got = model.feature_extractor(x), rebuilt(x)
+    assert got.shape == expected.shape  # [2, 16, frames], frames from every kernel and stride
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_group_norm_encoders_keep_their_convolutions(tmp_path, cache):
+    spec = BackboneSpec(kind="hubert", model=str(make_tiny_hubert(tmp_path / "base", layer_norm=False)))
+    ops = op_counts(build_backbone(spec, backend="onnx", cache_dir=cache).model_path)
+    assert ops["Conv"] == 7 + 1
 
 
 def test_exports_are_cached_and_reused(tiny_hubert_dir, waves, tmp_path, monkeypatch):
