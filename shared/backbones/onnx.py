@@ -93,7 +93,7 @@ class TimeMajorFeatureEncoder(torch.nn.Module):
     ``[k * C_in, C_out]`` (row ``j * C_in + c``) is the convolution.
     """
 
-    def __init__(self, conv_layers: Sequence[torch.nn.Module]) -> None:
+    def __init__(self, conv_layers: Sequence[Any]) -> None:
         super().__init__()
         self.kernels: list[int] = []
         self.strides: list[int] = []
@@ -102,7 +102,7 @@ class TimeMajorFeatureEncoder(torch.nn.Module):
         self.norms = torch.nn.ModuleList()
         self.activations: list[Any] = []
         for layer in conv_layers:
-            conv = layer.conv
+            conv: torch.nn.Conv1d = layer.conv
             weight = conv.weight.detach()  # [C_out, C_in, k]
             kernel, stride = int(conv.kernel_size[0]), int(conv.stride[0])
             matrix = weight.permute(2, 1, 0).reshape(kernel * weight.shape[1], weight.shape[0])
@@ -116,7 +116,9 @@ class TimeMajorFeatureEncoder(torch.nn.Module):
 
     def forward(self, input_values: torch.Tensor) -> torch.Tensor:
         x = input_values[:, :, None]
-        layers = zip(self.kernels, self.strides, self.weights, self.biases, self.norms, self.activations)
+        layers = zip(
+            self.kernels, self.strides, self.weights, self.biases, self.norms, self.activations, strict=True
+        )
         for kernel, stride, weight, bias, norm, activation in layers:
             taps = [x[:, j : (j - kernel + 1) or None : stride] for j in range(kernel)]
             x = activation(norm(torch.matmul(torch.cat(taps, dim=2), weight) + bias))
