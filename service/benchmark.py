@@ -704,18 +704,50 @@ async def _load(url: str, body: bytes, clients: int, total: int) -> dict[str, An
         start = time.perf_counter()
         await asyncio.gather(*(client(http) for _ in range(clients)))
         wall = time.perf_counter() - start
+    return _load_summary(
+        clients, total, latencies, server_inference, batch_sizes, failures, len(failures), wall
+    )
+
+
+def _load_summary(
+    clients: int,
+    total: int,
+    latencies: list[float],
+    server_inference: list[float],
+    batch_sizes: list[int],
+    failures: list[str],
+    failed: int,
+    wall: float,
+) -> dict[str, Any]:
     return {
         "clients": clients,
         "requests": total,
         "ok": len(latencies),
-        "failed": len(failures),
+        "failed": failed,
         "failures": failures[:5],
         "wall_s": wall,
         "throughput_clips_per_s": len(latencies) / wall,
         "latency": percentiles(latencies),
         "server_inference_median_s": float(np.median(server_inference)) if server_inference else None,
         "mean_batch_size": float(np.mean(batch_sizes)) if batch_sizes else None,
+        "latencies_s": latencies,
+        "server_inference_s": server_inference,
+        "batch_sizes": batch_sizes,
     }
+
+
+def merge_loads(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One summary of several ``_load`` runs with the same number of clients."""
+    return _load_summary(
+        parts[0]["clients"],
+        sum(p["requests"] for p in parts),
+        [x for p in parts for x in p["latencies_s"]],
+        [x for p in parts for x in p["server_inference_s"]],
+        [x for p in parts for x in p["batch_sizes"]],
+        [x for p in parts for x in p["failures"]],
+        sum(p["failed"] for p in parts),
+        sum(p["wall_s"] for p in parts),
+    )
 
 
 def start_server(
@@ -792,14 +824,20 @@ def measure_http(
         out["start_to_ready_s"] = time.perf_counter() - started
         out["memory_after_start"] = read_proc_status(process.pid)
 
-        # The backbone's own time on this clip, measured now, in this process.
+        # The backbone's own time on this clip, in this process, timed in turns with the requests: this
+        # machine's speed drifts by 10-20% over minutes, and the ratio must not measure that.
+        say(f"  one client, {cfg.http_requests} requests, in turns with the backbone's own forward")
         backbone.embed_batch([decoded_clip])
-        forward = [timed(lambda: backbone.embed_batch([decoded_clip])) for _ in range(max(3, cfg.repeats))]
-        out["forward_s"] = stats(forward)
-
-        say(f"  one client, {cfg.http_requests} requests")
         asyncio.run(_load(url, body, 1, 2))  # warm the connection path
-        single = asyncio.run(_load(url, body, 1, cfg.http_requests))
+        turns = 2 if cfg.quick else 6
+        forward: list[float] = []
+        parts = []
+        for turn in range(turns):
+            forward += [timed(lambda: backbone.embed_batch([decoded_clip])) for _ in range(2)]
+            share = cfg.http_requests // turns + (1 if turn < cfg.http_requests % turns else 0)
+            parts.append(asyncio.run(_load(url, body, 1, share)))
+        out["forward_s"] = stats(forward)
+        single = merge_loads(parts)
         out["single_client"] = single
         p50 = single["latency"].get("p50_s")
         out["single_client_p50_over_forward"] = p50 / out["forward_s"]["median_s"] if p50 else None

@@ -13,6 +13,7 @@ import numpy as np
 
 from shared.backbones import Backbone, build_backbone
 from shared.bundle import Bundle, load_bundle
+from shared.classifier import ClassifierArrays
 from shared.constants import EMOTIONS, SAMPLE_RATE
 
 log = logging.getLogger(__name__)
@@ -172,6 +173,11 @@ class Predictor:
             "labels": list(self.labels),
             "backbone": m["backbone"],
             "serving_dtype": self.backbone.dtype,
+            "classifier": (
+                "numpy arrays (classifier.npz)"
+                if isinstance(self.bundle.classifier, ClassifierArrays)
+                else "scikit-learn pipeline (classifier.skops)"
+            ),
             "metrics": m.get("metrics", {}),
             "training": m.get("training", {}),
             "created_at": m.get("created_at"),

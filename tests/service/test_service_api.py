@@ -454,6 +454,7 @@ def test_info_echoes_the_bundle_and_the_effective_settings(
     assert info["labels"] == ["neutral", "happy", "sad", "angry", "fear", "disgust"]
     assert info["bundle"]["backbone"]["kind"] == "egemaps"
     assert info["bundle"]["training"]["corpus"] == "synthetic"
+    assert info["bundle"]["classifier"] == "numpy arrays (classifier.npz)"
     assert isinstance(info["metrics"], dict)
     settings = info["settings"]
     assert settings["max_upload_bytes"] == TEST_UPLOAD_LIMIT
