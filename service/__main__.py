@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     from pydantic import ValidationError
 
     from service.app import create_app
+    from service.memory import keep_freed_memory
     from service.settings import ServiceSettings
     from shared.bundle import resolve_bundle_dir
     from shared.errors import BundleError
@@ -49,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     except BundleError as exc:
         print(f"cannot serve: {exc} (set SER_BUNDLE or --bundle)", file=sys.stderr)
         return 2
+    if settings.keep_freed_memory:
+        keep_freed_memory()  # before any thread starts
     app = create_app(settings)
     # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal through the handler that was
     # installed before it started: this one makes a clean stop exit 0 instead of dying with 143.

@@ -1251,6 +1251,7 @@ def serve(argv: list[str]) -> int:
     import uvicorn
 
     from service.app import create_app
+    from service.memory import keep_freed_memory
     from service.settings import ServiceSettings
 
     variant = Variant.parse(args.variant)
@@ -1268,6 +1269,8 @@ def serve(argv: list[str]) -> int:
         hf_offline=True,
         log_level="WARNING",
     )
+    if settings.keep_freed_memory:
+        keep_freed_memory()  # as python -m service does, before any thread starts
     app = create_app(settings)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_config=None, log_level="warning", access_log=False)
     return 0

@@ -146,6 +146,13 @@ class ServiceSettings(BaseSettings):
         description="On SIGTERM, how long in-flight requests may take to finish before the server stops.",
     )
 
+    keep_freed_memory: bool = Field(
+        default=True,
+        description="Keep the memory a batch frees for the next batch instead of returning it to the system "
+        "(glibc only: one malloc arena, no trimming): the next batch then does not fault it back in, which "
+        "costs up to 15% of a batch's time on small VMs. Read once, when the process starts.",
+    )
+
     # --- logging -----------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Lowest level of the log lines written."
