@@ -14,7 +14,8 @@ so loading a bundle cannot run arbitrary code; ``classifier.npz`` holds only num
 read without pickle. A bundle without ``classifier.npz`` (older ones, or a pipeline of another shape)
 is served through the skops pipeline. The loader refuses a bundle whose files do not match
 their recorded sha256 and size, whose format version is newer than this code understands, whose
-labels are not the six emotions, or whose classifier file is not a skops archive.
+labels are not the six emotions, whose classifier arrays do not fit together, or whose classifier file,
+when it is read, is not a skops archive of trusted types.
 
 Format versions: ``FORMAT_VERSION`` is bumped when a manifest field is added that a loader must
 understand, or when a field changes meaning. A loader accepts every version from 1 up to its own

@@ -3,7 +3,7 @@
 Training fits the sklearn pipeline of ``training.pipeline`` (imputer -> scaler -> PCA -> RBF SVC with
 sigmoid-calibrated probabilities, one SVM fitted on all the data). Its fitted state is a handful of
 arrays; ``ClassifierArrays.from_pipeline`` takes them out and ``predict_proba`` applies them in the
-order scikit-learn does, to within rounding (tests hold them to 1e-9):
+order scikit-learn does, to within rounding (tests hold them to 1e-12):
 
 1. impute: NaN becomes the training mean of its feature;
 2. scale: ``(x - mean) / scale``;
@@ -24,30 +24,13 @@ are stored with ``numpy.savez`` and read with ``allow_pickle=False``, so reading
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 ARRAYS_FORMAT = 1
-
-_FIELDS = (
-    "classes",
-    "impute_fill",
-    "scale_mean",
-    "scale_scale",
-    "pca_mean",
-    "pca_components",
-    "support_vectors",
-    "n_support",
-    "dual_coef",
-    "intercept",
-    "gamma",
-    "calibration_a",
-    "calibration_b",
-    "calibration_columns",
-)
 
 
 class UnsupportedPipelineError(ValueError):
@@ -203,7 +186,7 @@ class ClassifierArrays:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the arrays to ``path`` (an ``.npz`` file)."""
-        arrays: dict[str, Any] = {name: np.asarray(getattr(self, name)) for name in _FIELDS}
+        arrays: dict[str, Any] = {name: np.asarray(getattr(self, name)) for name in _field_names()}
         arrays["classes"] = np.asarray(self.classes, dtype=np.str_)
         arrays["format_version"] = np.asarray(ARRAYS_FORMAT)
         with open(path, "wb") as fh:
@@ -221,7 +204,7 @@ class ClassifierArrays:
                 found = {name: data[name] for name in data.files}
         except Exception as exc:
             raise ValueError(f"{Path(path).name} is not a readable classifier array file: {exc}") from exc
-        missing = [name for name in (*_FIELDS, "format_version") if name not in found]
+        missing = [name for name in (*_field_names(), "format_version") if name not in found]
         if missing:
             raise ValueError(f"{Path(path).name} lacks the arrays {', '.join(missing)}")
         if int(found["format_version"]) > ARRAYS_FORMAT:
@@ -229,7 +212,7 @@ class ClassifierArrays:
                 f"{Path(path).name} has format {int(found['format_version'])}; this code reads up to "
                 f"{ARRAYS_FORMAT}: upgrade the package"
             )
-        arrays = {name: found[name] for name in _FIELDS}
+        arrays = {name: found[name] for name in _field_names()}
         arrays["classes"] = tuple(str(c) for c in found["classes"])
         out = cls(**arrays)
         out._check_shapes()
@@ -251,3 +234,8 @@ class ClassifierArrays:
         )
         if not ok:
             raise ValueError("the classifier's arrays do not fit together (a damaged or hand-edited file)")
+
+
+def _field_names() -> list[str]:
+    """The arrays a file holds: every field of ``ClassifierArrays``."""
+    return [f.name for f in fields(ClassifierArrays)]

@@ -115,6 +115,14 @@ def test_a_bundle_without_classifier_arrays_is_served_through_sklearn(tmp_path, 
     np.testing.assert_allclose(bundle.classifier.predict_proba(x), pipeline.predict_proba(x))
 
 
+def rewrite_arrays(bundle: Path, **changes) -> None:
+    """Rewrite the classifier arrays with ``changes`` and record their new sha256, as an attacker could."""
+    arrays = {**dict(np.load(bundle / CLASSIFIER_ARRAYS)), **changes}
+    with open(bundle / CLASSIFIER_ARRAYS, "wb") as fh:
+        np.savez(fh, **arrays)
+    rehash(bundle, CLASSIFIER_ARRAYS)
+
+
 def test_damaged_classifier_arrays_are_refused(tmp_path, fitted):
     bundle = copy_of(write(tmp_path, fitted[0]), tmp_path)
     (bundle / CLASSIFIER_ARRAYS).write_bytes(b"PK\x03\x04 not really a zip")
@@ -125,22 +133,14 @@ def test_damaged_classifier_arrays_are_refused(tmp_path, fitted):
 
 def test_classifier_arrays_holding_a_pickle_are_refused(tmp_path, fitted):
     bundle = copy_of(write(tmp_path, fitted[0]), tmp_path)
-    good = dict(np.load(bundle / CLASSIFIER_ARRAYS))
-    good["classes"] = np.array([os.system] * 6, dtype=object)  # would need pickle to read back
-    with open(bundle / CLASSIFIER_ARRAYS, "wb") as fh:
-        np.savez(fh, **good)
-    rehash(bundle, CLASSIFIER_ARRAYS)
+    rewrite_arrays(bundle, classes=np.array([os.system] * 6, dtype=object))  # would need pickle to read back
     with pytest.raises(BundleFormatError, match="not a readable classifier array file"):
         load_bundle(bundle)
 
 
 def test_classifier_arrays_that_do_not_fit_together_are_refused(tmp_path, fitted):
     bundle = copy_of(write(tmp_path, fitted[0]), tmp_path)
-    arrays = dict(np.load(bundle / CLASSIFIER_ARRAYS))
-    arrays["intercept"] = arrays["intercept"][:-1]
-    with open(bundle / CLASSIFIER_ARRAYS, "wb") as fh:
-        np.savez(fh, **arrays)
-    rehash(bundle, CLASSIFIER_ARRAYS)
+    rewrite_arrays(bundle, intercept=np.load(bundle / CLASSIFIER_ARRAYS)["intercept"][:-1])
     with pytest.raises(BundleFormatError, match="do not fit together"):
         load_bundle(bundle)
 
