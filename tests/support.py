@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -51,12 +52,17 @@ def wav_bytes(wave: np.ndarray, sample_rate: int = SAMPLE_RATE, subtype: str = "
     return buf.getvalue()
 
 
-def make_tiny_hubert(folder: Path, *, layer_norm: bool = True, layers: int = 3, seed: int = 0) -> Path:
-    """Save a tiny random-weight HuBERT (hidden size 16) with ``save_pretrained``; returns the folder."""
+def make_tiny_hubert(
+    folder: Path, *, layer_norm: bool = True, layers: int = 3, seed: int = 0, **config: Any
+) -> Path:
+    """Save a tiny random-weight HuBERT (hidden size 16) with ``save_pretrained``; returns the folder.
+
+    ``config``: more ``HubertConfig`` settings (``conv_bias=True``...).
+    """
     import torch
     from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
 
-    config = HubertConfig(
+    hubert_config = HubertConfig(
         hidden_size=16,
         num_hidden_layers=layers,
         num_attention_heads=2,
@@ -66,9 +72,10 @@ def make_tiny_hubert(folder: Path, *, layer_norm: bool = True, layers: int = 3, 
         do_stable_layer_norm=layer_norm,
         num_conv_pos_embeddings=16,
         num_conv_pos_embedding_groups=2,
+        **config,
     )
     torch.manual_seed(seed)
-    HubertModel(config).save_pretrained(folder)
+    HubertModel(hubert_config).save_pretrained(folder)
     Wav2Vec2FeatureExtractor(
         feature_size=1, sampling_rate=SAMPLE_RATE, do_normalize=layer_norm, return_attention_mask=layer_norm
     ).save_pretrained(folder)

@@ -740,10 +740,19 @@ class HuggingFaceEncoder(PooledSpeechEncoder):
     @torch.inference_mode()
     def _run_calibration(self, model: torch.nn.Module) -> None:
         # Generated voiced signals: the correction needs each layer's mean input over speech-like
-        # sound, not any particular speech.
-        for i in range(CALIBRATION_CLIPS):
-            wave = self._normalize(speech_like(2.0 + 0.25 * i, seed=CALIBRATION_SEED + i))
-            model(torch.from_numpy(wave)[None].to(self.device))
+        # sound, not any particular speech. The feature encoder runs its convolution modules here, not
+        # its time-major products, so that their input hooks see what they are given.
+        encoder = getattr(model, "feature_extractor", None)
+        time_major = getattr(encoder, "time_major", False)
+        if time_major:
+            encoder.time_major = False
+        try:
+            for i in range(CALIBRATION_CLIPS):
+                wave = self._normalize(speech_like(2.0 + 0.25 * i, seed=CALIBRATION_SEED + i))
+                model(torch.from_numpy(wave)[None].to(self.device))
+        finally:
+            if time_major:
+                encoder.time_major = True
 
     def frame_counts(self, lengths: Sequence[int]) -> list[int]:
         if self.native:

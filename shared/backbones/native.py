@@ -88,6 +88,9 @@ class ConvLayer(nn.Module):
         elif self.norm_kind == "group":
             self.layer_norm = nn.GroupNorm(num_groups=channels, num_channels=channels, affine=True)
 
+        self._matrix: torch.Tensor | None = None
+        self._matrix_key: tuple[Any, ...] | None = None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv(x)
         if self.norm_kind == "layer":
@@ -97,6 +100,40 @@ class ConvLayer(nn.Module):
             assert self.layer_norm is not None
             x = self.layer_norm(x)
         return F.gelu(x)
+
+    def forward_time_major(self, x: torch.Tensor) -> torch.Tensor:
+        """The same layer over ``[B, T, C_in]`` (contiguous) to ``[B, T', C]``; per-frame norms only.
+
+        Output frame t reads input frames ``t * stride`` to ``t * stride + kernel - 1``: in a contiguous
+        ``[T, C_in]`` tensor these are ``kernel * C_in`` consecutive values, so a strided view of
+        overlapping rows, copied once, times the kernel laid out as ``[kernel * C_in, C]`` is the
+        convolution. The norm then acts on the last axis, with no transposes. The weight may be in half
+        precision (``precision.HalfWeightConv1d``): the product runs in it, the bias and the rest in the
+        input's precision.
+        """
+        conv = self.conv
+        x = x.contiguous()
+        batch, frames, channels = x.shape
+        kernel, stride = int(conv.weight.shape[2]), int(conv.stride[0])
+        out_frames = (frames - kernel) // stride + 1
+        cols = x.as_strided((batch, out_frames, kernel * channels), (frames * channels, stride * channels, 1))
+        matrix = self._kernel_matrix()
+        y = torch.matmul(cols.to(matrix.dtype), matrix)
+        if conv.bias is not None:
+            y = torch.add(y, conv.bias)
+        y = y.to(x.dtype)  # a half-weight product comes back to the activations' precision
+        if self.layer_norm is not None:
+            y = self.layer_norm(y)
+        return F.gelu(y)
+
+    def _kernel_matrix(self) -> torch.Tensor:
+        """The weight as ``[kernel * C_in, C_out]`` (row ``j * C_in + c``), remade when the weight changes."""
+        weight = self.conv.weight
+        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
+        if self._matrix is None or self._matrix_key != key:
+            self._matrix = weight.detach().permute(2, 1, 0).reshape(-1, weight.shape[0]).contiguous()
+            self._matrix_key = key
+        return self._matrix
 
 
 class FeatureEncoder(nn.Module):
@@ -118,8 +155,15 @@ class FeatureEncoder(nn.Module):
             self.receptive += (kernel - 1) * self.hop
             self.hop *= stride
         self.chunk_frames = chunk_frames if config.feat_extract_norm == "layer" else 0
+        #: Layer-norm encoders run as matrix products over ``[B, T, C]`` (``ConvLayer.forward_time_major``).
+        self.time_major = config.feat_extract_norm == "layer"
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
+        if self.time_major:
+            x = x[:, :, None]
+            for layer in self.conv_layers:
+                x = layer.forward_time_major(x)
+            return x.transpose(1, 2)
         x = x[:, None]
         for layer in self.conv_layers:
             x = layer(x)

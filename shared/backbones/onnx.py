@@ -7,17 +7,22 @@ How the graph is made: the Hugging Face model, cut after the last layer the spec
 ``HiddenStateReadout`` (waveforms + attention mask in, the chosen hidden state out, or the mean of a
 range) and exported with ``torch.onnx.export`` (the TorchScript exporter: the dynamo exporter needs
 ``onnxscript``, which the extra does not bring), with dynamic batch and length. The export is checked
-against torch on a padded batch before it is kept. For int8, ``quantize_dynamic`` then quantises the
-MatMul nodes whose second input is a weight (the transformer's linear layers and the feature projection)
-to int8 weights with one scale per output channel, activations quantised on the fly; the convolutional
-feature encoder and the attention products stay fp32 (quantising the convolutions ruins the outputs).
+against torch on a padded batch before it is kept.
 
 The convolutional feature encoder of layer-norm models (HuBERT-large and the like) is exported as
 ``TimeMajorFeatureEncoder``: each convolution becomes strided slices of a ``[batch, time, channels]``
 tensor, joined along channels, times one ``[kernel * in, out]`` matrix, and the layer norms act on the
 last axis with no transposes. The result is the convolution's to float rounding (the export check holds
-it to 1e-4), and ONNX Runtime's matrix product runs it far faster than its 1-D ``Conv``: on 2 cores the
-int8 graph of HuBERT-large takes about two thirds of the time it took with ``Conv`` nodes.
+it to 1e-4), and ONNX Runtime's matrix product runs it near the CPU's fp32 peak, where its 1-D ``Conv``
+did not. Group-norm encoders keep their ``Conv`` nodes.
+
+For int8, ``quantize_dynamic`` then quantises the MatMul nodes whose second input is a weight to int8
+weights with one scale per output channel, activations quantised on the fly (one scale per tensor): the
+transformer's linear layers and convolutions 2-7 of a time-major feature encoder. What stays fp32
+(``FP32_SCOPES``): the first convolution, which reads the raw samples (quantised, they lose the
+embedding), the feature projection, and the attention products. On the HuBERT-large architecture
+(2 cores, 2.5 s of speech) quantising convolutions 2-7 as well takes the int8 graph from 0.28 s to
+0.22 s, for an embedding error of 15% of the distance between different clips instead of 14%.
 
 Exports are cached in ``$SER_ONNX_CACHE`` (default ``<cache>/onnx``, see ``default_cache_dir``), one
 folder per digest of the checkpoint's identity, the layers kept and read, the quantisation and the
@@ -57,10 +62,16 @@ ONNX_DTYPES = ("fp32", "int8")
 #: The ONNX opset of exported graphs (ONNX Runtime 1.18+ runs it).
 OPSET = 17
 #: Bumped whenever the export or quantisation recipe changes, so old cache entries are not reused.
-EXPORT_FORMAT = 2
+EXPORT_FORMAT = 3
 #: Largest difference allowed between the exported graph and torch on the check batch, relative to the
 #: largest absolute value of the torch output.
 EXPORT_TOLERANCE = 1e-4
+
+#: Graph scopes whose matrix products stay fp32 in the int8 graph. The first convolution reads the raw
+#: samples: with them quantised to 8 bits per tensor the embedding is lost (an error of 2.7 times the
+#: distance between different clips, on the HuBERT-large architecture). The feature projection is one
+#: small product (0.1% of the FLOPs) with a large share of the int8 error (4 points, quantised alone).
+FP32_SCOPES = ("/model/feature_extractor/layers.0/", "/model/feature_projection/")
 
 _INPUTS = ("input_values", "attention_mask")
 _OUTPUT = "hidden"
@@ -83,45 +94,54 @@ def _require_onnxruntime() -> Any:
     return onnxruntime
 
 
+class TimeMajorConv(torch.nn.Module):
+    """One layer-norm convolution layer as a matrix product over ``[B, T, C]``: ``[B, T, C_in] -> [B, T', C]``.
+
+    For a convolution of kernel k and stride s, output frame t reads input frames ``t * s + j`` for
+    j < k: the slice ``x[:, j : j - k + 1 : s]`` holds them for every t at once (the same count of
+    frames for each j), so joining the k slices along channels and multiplying by the weight laid out as
+    ``[k * C_in, C_out]`` (row ``j * C_in + c``) is the convolution. The layer norm then acts on the
+    last axis, with no transposes.
+    """
+
+    def __init__(self, layer: Any) -> None:
+        super().__init__()
+        conv: torch.nn.Conv1d = layer.conv
+        weight = conv.weight.detach()  # [C_out, C_in, k]
+        self.kernel, self.stride = int(conv.kernel_size[0]), int(conv.stride[0])
+        matrix = weight.permute(2, 1, 0).reshape(self.kernel * weight.shape[1], weight.shape[0])
+        self.weight = torch.nn.Parameter(matrix.contiguous(), requires_grad=False)
+        # HuBERT's convolutions have no bias: then the graph has no Add of zeros either.
+        self.bias = (
+            None if conv.bias is None else torch.nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
+        )
+        self.norm = layer.layer_norm
+        self.activation = layer.activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k, s = self.kernel, self.stride
+        taps = [x[:, j : (j - k + 1) or None : s] for j in range(k)]
+        x = torch.matmul(torch.cat(taps, dim=2), self.weight)
+        if self.bias is not None:
+            x = x + self.bias
+        return self.activation(self.norm(x))
+
+
 class TimeMajorFeatureEncoder(torch.nn.Module):
     """A layer-norm convolutional feature encoder as matrix products over ``[B, T, C]`` (see the module doc).
 
-    ``forward(input_values [B, S]) -> [B, C, T]``, what the Hugging Face feature encoder returns. For a
-    convolution of kernel k and stride s, output frame t reads input frames ``t * s + j`` for j < k: the
-    slice ``x[:, j : j - k + 1 : s]`` holds them for every t at once (the same count of frames for each
-    j), so joining the k slices along channels and multiplying by the weight laid out as
-    ``[k * C_in, C_out]`` (row ``j * C_in + c``) is the convolution.
+    ``forward(input_values [B, S]) -> [B, C, T]``, what the Hugging Face feature encoder returns; layer
+    i's nodes are named ``.../feature_extractor/layers.{i}/...`` in the exported graph.
     """
 
     def __init__(self, conv_layers: Sequence[Any]) -> None:
         super().__init__()
-        self.kernels: list[int] = []
-        self.strides: list[int] = []
-        self.weights = torch.nn.ParameterList()
-        self.biases = torch.nn.ParameterList()
-        self.norms = torch.nn.ModuleList()
-        self.activations: list[Any] = []
-        for layer in conv_layers:
-            conv: torch.nn.Conv1d = layer.conv
-            weight = conv.weight.detach()  # [C_out, C_in, k]
-            kernel, stride = int(conv.kernel_size[0]), int(conv.stride[0])
-            matrix = weight.permute(2, 1, 0).reshape(kernel * weight.shape[1], weight.shape[0])
-            bias = conv.bias.detach() if conv.bias is not None else torch.zeros(weight.shape[0])
-            self.weights.append(torch.nn.Parameter(matrix.contiguous(), requires_grad=False))
-            self.biases.append(torch.nn.Parameter(bias.clone(), requires_grad=False))
-            self.norms.append(layer.layer_norm)
-            self.activations.append(layer.activation)
-            self.kernels.append(kernel)
-            self.strides.append(stride)
+        self.layers = torch.nn.ModuleList(TimeMajorConv(layer) for layer in conv_layers)
 
     def forward(self, input_values: torch.Tensor) -> torch.Tensor:
         x = input_values[:, :, None]
-        layers = zip(
-            self.kernels, self.strides, self.weights, self.biases, self.norms, self.activations, strict=True
-        )
-        for kernel, stride, weight, bias, norm, activation in layers:
-            taps = [x[:, j : (j - kernel + 1) or None : stride] for j in range(kernel)]
-            x = activation(norm(torch.matmul(torch.cat(taps, dim=2), weight) + bias))
+        for layer in self.layers:
+            x = layer(x)
         return x.transpose(1, 2)
 
 
@@ -201,9 +221,8 @@ def quantize_encoder(fp32_model: Path, target: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     external = any(p.name != fp32_model.name for p in fp32_model.parent.iterdir() if p.suffix != ".json")
-    # The feature encoder's convolutions, exported as MatMuls, stay fp32.
     graph = onnx.load(str(fp32_model), load_external_data=False).graph
-    keep_fp32 = [n.name for n in graph.node if n.op_type == "MatMul" and "/feature_extractor/" in n.name]
+    keep_fp32 = [n.name for n in graph.node if n.op_type == "MatMul" and n.name.startswith(FP32_SCOPES)]
     started = time.perf_counter()
     root = logging.getLogger()
     level = root.level
@@ -234,6 +253,10 @@ def _session(path: Path, *, threads: int) -> Any:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only
+    # Otherwise the worker threads keep spinning on the cores after each run, taking them from request
+    # decoding and the event loop (and, in the benchmark, from the variant timed next: torch bf16 ran
+    # 10-20% slower right after an ONNX run). Runs themselves took about the same time either way.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types

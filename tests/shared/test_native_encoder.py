@@ -180,6 +180,41 @@ def test_the_feature_encoder_in_pieces_equals_the_whole(tmp_path):
     assert group_norm.model.feature_extractor.chunk_frames == 0  # its norm spans the whole utterance
 
 
+@pytest.mark.parametrize("conv_bias", [False, True])
+def test_the_time_major_feature_encoder_is_the_convolution_stack(conv_bias):
+    from transformers import HubertConfig
+
+    from shared.backbones.native import FeatureEncoder
+
+    config = HubertConfig(**TINY, feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=conv_bias)
+    torch.manual_seed(3)
+    encoder = FeatureEncoder(config).eval()
+    with torch.no_grad():
+        for param in encoder.parameters():
+            param.add_(0.2 * torch.randn_like(param))
+    assert encoder.time_major
+    wave = torch.from_numpy(synthetic_clip("fear", 1.3, seed=2))[None]
+
+    def both() -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.inference_mode():
+            encoder.time_major = True
+            products = encoder(wave)
+            encoder.time_major = False
+            convolutions = encoder(wave)
+            encoder.time_major = True
+        return products, convolutions
+
+    products, convolutions = both()
+    assert products.shape == convolutions.shape == (1, 16, 64)
+    torch.testing.assert_close(products, convolutions, rtol=1e-4, atol=1e-5)
+    # The kernel laid out for the product follows a weight changed in place.
+    with torch.no_grad():
+        encoder.conv_layers[2].conv.weight.mul_(-1.5)
+    changed, convolutions = both()
+    torch.testing.assert_close(changed, convolutions, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(changed, products)
+
+
 def test_both_model_codes_keep_their_own_corrected_parameters_in_one_cache(tmp_path, waves, monkeypatch):
     from shared.backbones import hubert
 

@@ -116,19 +116,34 @@ def test_int8_quantises_only_the_weight_matmuls_and_stays_close(tiny_hubert_dir,
     assert int8.shape == fp32.shape and np.isfinite(int8).all()
     assert not np.array_equal(int8, fp32)  # it is really quantised...
     assert relative_error(fp32, int8) < 0.25  # ...and still close
+    # int8: 3 layers x 6 linear layers, and the feature encoder's convolutions 2-7 (exported as MatMuls).
+    # fp32: 3 layers x 2 attention products, the first convolution (it reads the raw samples) and the
+    # feature projection.
+    graph = onnx.load(str(backbone.model_path), load_external_data=False).graph
+    integer = [n.name for n in graph.node if n.op_type == "MatMulInteger"]
+    assert len(integer) == 3 * 6 + 6
+    assert sum("/feature_extractor/layers." in name for name in integer) == 6
+    fp32_products = [n.name for n in graph.node if n.op_type == "MatMul"]
+    assert len(fp32_products) == 3 * 2 + 2
+    assert {name.rsplit("/", 1)[0] for name in fp32_products if "/attention/" not in name} == {
+        "/model/feature_extractor/layers.0",
+        "/model/feature_projection/projection",
+    }
     ops = op_counts(backbone.model_path)
-    # 3 layers x 6 linear layers + the feature projection; the attention products and the feature
-    # encoder's 7 convolutions (exported as MatMuls) stay fp32.
-    assert ops.get("MatMulInteger", 0) == 3 * 6 + 1
-    assert ops["MatMul"] == 3 * 2 + 7
     assert "ConvInteger" not in ops and ops["Conv"] == 1  # the positional convolution
 
 
-@pytest.mark.parametrize("samples", [400, 401, 999, 16000, 16003])
-def test_the_time_major_feature_encoder_is_the_convolution_stack(tmp_path, samples):
+@pytest.mark.parametrize(
+    ("samples", "conv_bias"), [(400, False), (401, True), (999, False), (16000, True), (16003, False)]
+)
+def test_the_time_major_feature_encoder_is_the_convolution_stack(tmp_path, samples, conv_bias):
     from transformers import AutoModel
 
-    model = AutoModel.from_pretrained(make_tiny_hubert(tmp_path / "m")).eval()
+    model = AutoModel.from_pretrained(make_tiny_hubert(tmp_path / "m", conv_bias=conv_bias)).eval()
+    if conv_bias:  # HuBERT's are zero at initialisation
+        with torch.no_grad():
+            for layer in model.feature_extractor.conv_layers:
+                layer.conv.bias.normal_()
     rebuilt = onnx_module.TimeMajorFeatureEncoder(model.feature_extractor.conv_layers)
     x = torch.from_numpy(np.random.default_rng(samples).standard_normal((2, samples)).astype(np.float32))
     with torch.no_grad():
