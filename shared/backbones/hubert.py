@@ -742,7 +742,7 @@ class HuggingFaceEncoder(PooledSpeechEncoder):
         # Generated voiced signals: the correction needs each layer's mean input over speech-like
         # sound, not any particular speech. The feature encoder runs its convolution modules here, not
         # its time-major products, so that their input hooks see what they are given.
-        encoder = getattr(model, "feature_extractor", None)
+        encoder: Any = getattr(model, "feature_extractor", None)
         time_major = getattr(encoder, "time_major", False)
         if time_major:
             encoder.time_major = False

@@ -23,7 +23,7 @@ import json
 import struct
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -162,7 +162,7 @@ class FeatureEncoder(nn.Module):
         if self.time_major:
             x = x[:, :, None]
             for layer in self.conv_layers:
-                x = layer.forward_time_major(x)
+                x = cast(ConvLayer, layer).forward_time_major(x)
             return x.transpose(1, 2)
         x = x[:, None]
         for layer in self.conv_layers:
