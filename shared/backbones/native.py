@@ -65,6 +65,12 @@ def unsupported_reason(config: Any) -> str | None:
     return f"unsupported setting(s): {', '.join(failed)}" if failed else None
 
 
+def kernel_matrix(weight: torch.Tensor) -> torch.Tensor:
+    """A ``Conv1d`` weight ``[C_out, C_in, k]`` laid out as ``[k * C_in, C_out]``, row ``j * C_in + c``:
+    the matrix that multiplies the ``k`` input frames of an output frame, joined along channels."""
+    return weight.detach().permute(2, 1, 0).reshape(-1, weight.shape[0]).contiguous()
+
+
 class ConvLayer(nn.Module):
     """One layer of the feature encoder: convolution, optional norm, GELU. ``[B, C_in, S] -> [B, C, S']``."""
 
@@ -127,11 +133,11 @@ class ConvLayer(nn.Module):
         return F.gelu(y)
 
     def _kernel_matrix(self) -> torch.Tensor:
-        """The weight as ``[kernel * C_in, C_out]`` (row ``j * C_in + c``), remade when the weight changes."""
+        """``kernel_matrix`` of the weight, remade when the weight changes."""
         weight = self.conv.weight
         key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
         if self._matrix is None or self._matrix_key != key:
-            self._matrix = weight.detach().permute(2, 1, 0).reshape(-1, weight.shape[0]).contiguous()
+            self._matrix = kernel_matrix(weight)
             self._matrix_key = key
         return self._matrix
 

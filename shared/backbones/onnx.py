@@ -53,6 +53,7 @@ from shared.backbones.hubert import (
     cache_digest,
     default_cache_dir,
 )
+from shared.backbones.native import kernel_matrix
 from shared.errors import BackboneError
 
 log = logging.getLogger(__name__)
@@ -99,18 +100,17 @@ class TimeMajorConv(torch.nn.Module):
 
     For a convolution of kernel k and stride s, output frame t reads input frames ``t * s + j`` for
     j < k: the slice ``x[:, j : j - k + 1 : s]`` holds them for every t at once (the same count of
-    frames for each j), so joining the k slices along channels and multiplying by the weight laid out as
-    ``[k * C_in, C_out]`` (row ``j * C_in + c``) is the convolution. The layer norm then acts on the
+    frames for each j), so joining the k slices along channels and multiplying by ``kernel_matrix`` of
+    the weight is the convolution. (The torch backend's ``ConvLayer.forward_time_major`` takes the frames
+    as one strided view of overlapping rows instead, which the ONNX exporter cannot write.) The layer norm then acts on the
     last axis, with no transposes.
     """
 
     def __init__(self, layer: Any) -> None:
         super().__init__()
         conv: torch.nn.Conv1d = layer.conv
-        weight = conv.weight.detach()  # [C_out, C_in, k]
         self.kernel, self.stride = int(conv.kernel_size[0]), int(conv.stride[0])
-        matrix = weight.permute(2, 1, 0).reshape(self.kernel * weight.shape[1], weight.shape[0])
-        self.weight = torch.nn.Parameter(matrix.contiguous(), requires_grad=False)
+        self.weight = torch.nn.Parameter(kernel_matrix(conv.weight), requires_grad=False)
         # HuBERT's convolutions have no bias: then the graph has no Add of zeros either.
         self.bias = (
             None if conv.bias is None else torch.nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
