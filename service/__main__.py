@@ -46,13 +46,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"invalid settings:\n{exc}", file=sys.stderr)
         return 2
     try:
-        resolve_bundle_dir(settings.bundle)  # a wrong path is a one-line error, not a traceback from uvicorn
+        bundle_dir = resolve_bundle_dir(settings.bundle)  # a wrong path is one line, not a traceback
     except BundleError as exc:
         print(f"cannot serve: {exc} (set SER_BUNDLE or --bundle)", file=sys.stderr)
         return 2
     if settings.keep_freed_memory:
         keep_freed_memory()  # before any thread starts
-    app = create_app(settings)
+    app = create_app(settings, bundle_dir=bundle_dir)
     # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal through the handler that was
     # installed before it started: this one makes a clean stop exit 0 instead of dying with 143.
     signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(0))

@@ -1,9 +1,9 @@
 """The app factory and its lifespan.
 
-``create_app`` builds the FastAPI app; nothing heavy happens at import time or in the factory. The
-lifespan checks that ``SER_BUNDLE`` names a bundle (a wrong path fails the start-up at once), then
-loads, verifies and warms up the model in the background, so ``/health`` and ``/ready`` answer while it
-loads. On shutdown it stops admitting work, drains the batcher and releases the model.
+``create_app`` builds the FastAPI app and its engine; nothing heavy happens at import time or in the
+factory. The lifespan finds the bundle folder, unless the caller already has (a ``SER_BUNDLE`` that names
+no bundle fails the start-up at once), then loads, verifies and warms up the model in the background, so
+``/health`` and ``/ready`` answer while it loads. On shutdown it stops admitting work, drains the batcher and releases the model.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -27,6 +28,7 @@ from service.middleware import REQUEST_ID_HEADER, BodySizeLimitMiddleware, Reque
 from service.routes import guarded, public
 from service.schemas import Base64AudioRequest
 from service.settings import ServiceSettings
+from shared.bundle import resolve_bundle_dir
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,10 @@ def _web_mounter() -> Any:
 
 
 def create_app(
-    settings: ServiceSettings | None = None, *, predictor_factory: PredictorFactory | None = None
+    settings: ServiceSettings | None = None,
+    *,
+    predictor_factory: PredictorFactory | None = None,
+    bundle_dir: Path | None = None,
 ) -> FastAPI:
     """Build the service's app.
 
@@ -58,17 +63,19 @@ def create_app(
         settings: the settings; read from ``SER_*`` environment variables when omitted.
         predictor_factory: builds the predictor from (settings, bundle folder); defaults to
             ``service.engine.load_predictor``.
+        bundle_dir: the bundle folder, where the caller has already resolved ``settings.bundle``; else
+            the lifespan resolves it (and fails with ``BundleNotFoundError`` when there is none).
     """
     settings = settings or ServiceSettings()
     configure_logging(settings.log_level, json_lines=settings.log_json)
     metrics = ServiceMetrics()
+    engine = InferenceEngine(settings, metrics, bundle_dir, predictor_factory)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = InferenceEngine(settings, metrics, predictor_factory)
-        app.state.engine = engine
-        bundle_dir = engine.resolve()
-        log.info("starting; bundle %s", bundle_dir)
+        if engine.bundle_dir is None:
+            engine.bundle_dir = resolve_bundle_dir(settings.bundle)
+        log.info("starting; bundle %s", engine.bundle_dir)
         loading = asyncio.create_task(engine.start(), name="ser-load-model")
         try:
             yield
@@ -89,7 +96,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.metrics = metrics
-    app.state.engine = InferenceEngine(settings, metrics, predictor_factory)  # replaced by the lifespan's
+    app.state.engine = engine
 
     install_error_handlers(app, retry_after_s=settings.retry_after_s)
     app.include_router(public)

@@ -4,7 +4,7 @@ How a batch is formed:
 
 1. The inference thread waits for a first utterance, then up to ``max_wait_s`` for ``max_batch_size``
    of them (a batch is cut as soon as either is reached). It waits only while more utterances are
-   announced (their uploads are still being decoded): a lone request is not held back for nothing.
+   reserved (admitted, their uploads still being decoded): a lone request is not held back for nothing.
 2. It then takes everything already waiting, up to ``window`` utterances, sorts them by length and cuts
    them into sub-batches of at most ``max_batch_size`` whose longest item is at most ``length_ratio``
    times its shortest, so that padding wastes little.
@@ -12,9 +12,11 @@ How a batch is formed:
    model runs. Each result is set on its own future; where a batch fails, its items are retried one at
    a time, so one bad utterance cannot fail the others.
 
-Admission control: at most ``queue_depth`` utterances may wait; ``submit`` raises ``OverloadedError``
-beyond that instead of letting the queue grow. ``close`` stops admission and, by default, drains what
-is queued before the thread exits.
+Admission control: at most ``queue_depth`` utterances may be reserved or waiting. ``reserve(n)`` admits
+``n`` utterances before they are decoded (one check, counted once if refused) and hands back a
+``Reservation`` to submit them through; ``submit`` without a reservation checks for itself. Beyond the
+depth both raise ``OverloadedError`` instead of letting the queue grow. ``close`` stops admission and, by
+default, drains what is queued before the thread exits.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ class _Item:
 
 @dataclass
 class BatcherStats:
-    """Running totals since start (read by /metrics and /v1/info)."""
+    """Running totals since start."""
 
     batches: int = 0
     items: int = 0
@@ -118,7 +120,7 @@ class MicroBatcher:
         self._accepting = True
         self._stopping = False
         self._drain = True
-        self._announced = 0
+        self._reserved = 0
         self._warmup = warmup
         self.warmed_up: concurrent.futures.Future[None] = concurrent.futures.Future()
         self.stats = BatcherStats()
@@ -133,57 +135,66 @@ class MicroBatcher:
         return len(self._pending)
 
     def check_capacity(self, n: int = 1) -> None:
-        """Raise now if ``n`` more waveforms would not be admitted (so callers can refuse before decoding).
+        """Raise now if ``n`` more waveforms would not be admitted (reserved ones count as admitted).
 
         Raises:
             NotReadyError: the batcher is closing. OverloadedError: the queue cannot take ``n`` more.
         """
         if not self._accepting:
             raise NotReadyError("the service is shutting down; retry on another instance")
-        if len(self._pending) + n > self.queue_depth:
+        if len(self._pending) + self._reserved + n > self.queue_depth:
             self.stats.rejected_overloaded += 1
             raise OverloadedError(
                 f"the inference queue is full ({self.queue_depth} utterances waiting); retry shortly"
             )
 
-    def announce(self) -> None:
-        """Say that a waveform is on its way (being decoded), so a forming batch waits for it.
+    def reserve(self, n: int) -> Reservation:
+        """Admit ``n`` waveforms that are still on their way (being decoded), all or none.
 
-        Every ``announce`` must be followed by ``withdraw`` or by a ``submit(..., announced=True)``.
-        """
-        with self._cond:
-            self._announced += 1
-
-    def withdraw(self) -> None:
-        """Cancel an ``announce`` (the upload could not be decoded)."""
-        with self._cond:
-            self._announced = max(0, self._announced - 1)
-            self._cond.notify_all()
-
-    def submit_nowait(
-        self, waveform: np.ndarray, *, announced: bool = False
-    ) -> concurrent.futures.Future[BatchedPrediction]:
-        """Queue one waveform; its result arrives on the returned (thread-safe) future.
-
-        Cancelling the future before its batch starts removes the waveform from the batch.
-        ``announced``: this waveform was announced with ``announce`` (the announcement is consumed
-        even when the waveform is refused).
+        A forming batch waits for reserved waveforms; a slot not used must be given back
+        (``Reservation.release``, or leaving its ``with`` block).
 
         Raises:
-            NotReadyError: the batcher is closing. OverloadedError: ``queue_depth`` waveforms are waiting.
+            NotReadyError, OverloadedError: see ``check_capacity``.
         """
+        with self._cond:
+            self.check_capacity(n)
+            self._reserved += n
+        return Reservation(self, n)
+
+    def _unreserve(self, n: int) -> None:
+        with self._cond:
+            self._reserved = max(0, self._reserved - n)
+            self._cond.notify_all()
+
+    def _enqueue(
+        self, waveform: np.ndarray, *, reserved: bool
+    ) -> concurrent.futures.Future[BatchedPrediction]:
         future: concurrent.futures.Future[BatchedPrediction] = concurrent.futures.Future()
         with self._cond:
-            if announced:
-                self._announced = max(0, self._announced - 1)
             try:
-                self.check_capacity(1)
+                if reserved:
+                    self._reserved = max(0, self._reserved - 1)
+                    if not self._accepting:
+                        raise NotReadyError("the service is shutting down; retry on another instance")
+                else:
+                    self.check_capacity(1)
                 self._pending.append(_Item(waveform, future))
             finally:
                 self._cond.notify_all()
         return future
 
-    async def submit(self, waveform: np.ndarray, *, announced: bool = False) -> BatchedPrediction:
+    def submit_nowait(self, waveform: np.ndarray) -> concurrent.futures.Future[BatchedPrediction]:
+        """Queue one waveform; its result arrives on the returned (thread-safe) future.
+
+        Cancelling the future before its batch starts removes the waveform from the batch.
+
+        Raises:
+            NotReadyError: the batcher is closing. OverloadedError: ``queue_depth`` waveforms are waiting.
+        """
+        return self._enqueue(waveform, reserved=False)
+
+    async def submit(self, waveform: np.ndarray) -> BatchedPrediction:
         """Queue one waveform and wait for its result without blocking the event loop.
 
         If the awaiting task is cancelled, the waveform is skipped when its batch is formed.
@@ -193,11 +204,12 @@ class MicroBatcher:
         """
         # wrap_future hands the result over with loop.call_soon_threadsafe and, when the awaiting
         # task is cancelled, cancels the concurrent future too, which is what the batcher checks.
-        return await asyncio.wrap_future(self.submit_nowait(waveform, announced=announced))
+        return await asyncio.wrap_future(self.submit_nowait(waveform))
 
-    def close(self, *, drain: bool = True, timeout: float | None = None) -> None:
+    def close(self, *, drain: bool = True, timeout: float | None = None) -> bool:
         """Stop admitting; run what is queued (``drain``) or cancel it; wait for the thread to end.
 
+        Returns True when the thread has ended (False: still running after ``timeout`` seconds).
         Blocking: call it from a worker thread when on an event loop.
         """
         with self._cond:
@@ -209,10 +221,7 @@ class MicroBatcher:
                     self._pending.popleft().future.cancel()
             self._cond.notify_all()
         self._thread.join(timeout)
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
+        return not self._thread.is_alive()
 
     # -- the inference thread -----------------------------------------------------------------
 
@@ -224,7 +233,7 @@ class MicroBatcher:
                 return None
             if not self._stopping and self.max_wait_s > 0:
                 deadline = time.monotonic() + self.max_wait_s
-                while len(self._pending) < self.max_batch_size and self._announced > 0 and not self._stopping:
+                while len(self._pending) < self.max_batch_size and self._reserved > 0 and not self._stopping:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break
@@ -311,3 +320,49 @@ class MicroBatcher:
                 self._on_batch(size, seconds)
             except Exception:  # metrics must never break inference
                 log.exception("on_batch callback failed")
+
+
+class Reservation:
+    """Admitted slots in a ``MicroBatcher``'s queue for waveforms still being decoded.
+
+    Each ``submit`` uses one slot without a new capacity check; ``release`` gives unused ones back, and
+    leaving the ``with`` block gives back whatever is left. Thread-safe as far as the batcher is.
+    """
+
+    def __init__(self, batcher: MicroBatcher, slots: int) -> None:
+        self._batcher = batcher
+        self._left = slots
+        self._lock = threading.Lock()
+
+    def _take(self) -> None:
+        with self._lock:
+            if self._left < 1:
+                raise RuntimeError("every reserved slot has been used")
+            self._left -= 1
+
+    def submit_nowait(self, waveform: np.ndarray) -> concurrent.futures.Future[BatchedPrediction]:
+        """Queue one reserved waveform (see ``MicroBatcher.submit_nowait``).
+
+        Raises:
+            NotReadyError: the batcher closed meanwhile.
+        """
+        self._take()
+        return self._batcher._enqueue(waveform, reserved=True)
+
+    async def submit(self, waveform: np.ndarray) -> BatchedPrediction:
+        """Queue one reserved waveform and wait for its result (see ``MicroBatcher.submit``)."""
+        return await asyncio.wrap_future(self.submit_nowait(waveform))
+
+    def release(self, n: int = 1) -> None:
+        """Give back ``n`` slots that will not be used (their uploads could not be decoded)."""
+        with self._lock:
+            n = min(n, self._left)
+            self._left -= n
+        if n:
+            self._batcher._unreserve(n)
+
+    def __enter__(self) -> Reservation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release(self._left)

@@ -1,9 +1,12 @@
 """The inference engine: loads the predictor, owns the micro-batcher and the decode pool.
 
-Start-up runs in order: resolve the bundle, load and verify it and its backbone, warm up with a dummy
-batch, then report ready. Loading happens on a background thread so that ``/health`` and ``/ready``
-answer meanwhile. Decoding runs on a small thread pool and inference on the batcher's thread: the event
-loop only waits on futures.
+Start-up runs in order: load and verify the bundle and its backbone, warm up with a dummy batch, then
+report ready. Loading happens on a background thread so that ``/health`` and ``/ready`` answer
+meanwhile. Decoding runs on a small thread pool and inference on the batcher's thread: the event loop
+only waits on futures.
+
+The engine owns admission: a request's utterances are admitted (or refused) all at once, before any of
+them is decoded, with one capacity check; the routes never see the batcher.
 """
 
 from __future__ import annotations
@@ -15,21 +18,20 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Literal, TypeVar
 
 import numpy as np
 
-from service.batching import BatchedPrediction, MicroBatcher
+from service.batching import MicroBatcher, Reservation
 from service.errors import NotReadyError, RequestTimeoutError
 from service.metrics import ServiceMetrics
 from service.settings import ServiceSettings
 from shared.audio import AudioLimits, load_audio
-from shared.bundle import resolve_bundle_dir
 from shared.constants import SAMPLE_RATE
-from shared.predictor import Prediction, Predictor
+from shared.predictor import ModelDescription, Prediction, Predictor
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +46,7 @@ def load_predictor(settings: ServiceSettings, bundle_dir: Path) -> Predictor:
     Raises:
         BundleError: the bundle is refused; BackboneError: the encoder cannot be loaded.
     """
-    return Predictor.from_bundle(
-        bundle_dir,
-        device=settings.device,
-        dtype=settings.dtype,
-        backend=settings.backend,
-        threads=settings.torch_threads or None,
-        max_batch_size=settings.max_batch_size,
-        model_override=settings.backbone_model,
-        local_files_only=settings.offline,
-    )
+    return Predictor.from_bundle(bundle_dir, settings.encoder_options())
 
 
 @dataclass(frozen=True)
@@ -92,6 +85,8 @@ class InferenceEngine:
     Args:
         settings: the service settings.
         metrics: where to record batch and queue metrics.
+        bundle_dir: the bundle folder to serve (resolved from ``settings.bundle``); it must be set before
+            ``start``.
         predictor_factory: builds the predictor from (settings, bundle folder); ``load_predictor`` by
             default. Tests pass a wrapper to make loading observable.
     """
@@ -100,10 +95,12 @@ class InferenceEngine:
         self,
         settings: ServiceSettings,
         metrics: ServiceMetrics,
+        bundle_dir: Path | None = None,
         predictor_factory: PredictorFactory | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.bundle_dir = bundle_dir
         self._factory = predictor_factory or load_predictor
         self.limits = AudioLimits(
             min_seconds=settings.min_seconds,
@@ -112,29 +109,13 @@ class InferenceEngine:
         )
         self.state: State = "starting"
         self.error: str | None = None
-        self.bundle_dir: Path | None = None
         self.predictor: Predictor | None = None
         self.batcher: MicroBatcher | None = None
-        self.description: dict[str, Any] = {}
+        self.description: ModelDescription | None = None
         self.load_seconds: float | None = None
-        self._decode_pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=settings.worker_threads, thread_name_prefix="ser-decode"
-        )
+        self._decode_pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     # -- life cycle -----------------------------------------------------------------------------
-
-    @property
-    def ready(self) -> bool:
-        return self.state == "ready"
-
-    def resolve(self) -> Path:
-        """Find the bundle folder now (cheap), so a wrong ``SER_BUNDLE`` fails the start-up at once.
-
-        Raises:
-            BundleNotFoundError: nothing that looks like a bundle is there.
-        """
-        self.bundle_dir = resolve_bundle_dir(self.settings.bundle)
-        return self.bundle_dir
 
     async def start(self) -> None:
         """Load, verify and warm up the model, then start the batcher and report ready.
@@ -143,8 +124,12 @@ class InferenceEngine:
         raised, so the process keeps answering ``/health``.
         """
         started = time.perf_counter()
-        bundle_dir = self.bundle_dir or self.resolve()
-        self.state = "loading"
+        bundle_dir = self.bundle_dir
+        assert bundle_dir is not None, "the bundle folder is resolved before the engine starts"
+        self.state, self.error = "loading", None
+        self._decode_pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=self.settings.worker_threads, thread_name_prefix="ser-decode"
+        )
         log.info("loading the bundle at %s", bundle_dir)
         try:
             predictor = await asyncio.wrap_future(
@@ -178,18 +163,18 @@ class InferenceEngine:
             batcher.close(drain=False, timeout=0)
             return
         self.predictor = predictor
-        self.description = predictor.describe()
+        description = self.description = predictor.describe()
         self.batcher = batcher
         self.metrics.track_queue(
             lambda: float(self.batcher.queue_size if self.batcher else 0), self.settings.queue_depth
         )
         self.metrics.model_info.info(
             {
-                "name": predictor.bundle.name,
-                "version": predictor.bundle.version,
-                "backbone": str(self.description["backbone"].get("kind")),
-                "backbone_model": str(self.description["backbone"].get("model")),
-                "dtype": str(self.description["serving_dtype"]),
+                "name": description.name,
+                "version": description.version,
+                "backbone": str(description.backbone.get("kind")),
+                "backbone_model": str(description.backbone.get("model")),
+                "dtype": description.serving_dtype,
             }
         )
         self.load_seconds = time.perf_counter() - started
@@ -197,9 +182,9 @@ class InferenceEngine:
         self.metrics.ready.set(1)
         log.info(
             "ready: serving %s/%s (%s) after %.1f s",
-            predictor.bundle.name,
-            predictor.bundle.version,
-            self.description["backbone"].get("kind"),
+            description.name,
+            description.version,
+            description.backbone.get("kind"),
             self.load_seconds,
         )
 
@@ -212,8 +197,10 @@ class InferenceEngine:
         batcher = self.batcher
         if batcher is not None:
             log.info("draining %d queued utterances", batcher.queue_size)
-            await asyncio.to_thread(batcher.close, drain=True)
-        self._decode_pool.shutdown(wait=False, cancel_futures=True)
+            if not await asyncio.to_thread(batcher.close, drain=True):
+                log.warning("the inference thread is still running after the drain")
+        if self._decode_pool is not None:
+            self._decode_pool.shutdown(wait=False, cancel_futures=True)
         self.predictor = None
         self.batcher = None
         self.state = "stopped"
@@ -221,15 +208,25 @@ class InferenceEngine:
 
     # -- serving ---------------------------------------------------------------------------------
 
-    def require_ready(self) -> MicroBatcher:
-        """The batcher, or ``NotReadyError`` saying why there is none."""
+    def check_ready(self) -> None:
+        """Return when the model serves; else raise ``NotReadyError`` saying why not."""
         if self.state == "ready" and self.batcher is not None:
-            return self.batcher
+            return
         if self.state == "failed":
             raise NotReadyError(f"the model failed to load ({self.error}); see the service logs")
         if self.state in ("stopping", "stopped"):
             raise NotReadyError("the service is shutting down; retry on another instance")
         raise NotReadyError(f"the model is not ready yet ({self.state.replace('_', ' ')}); retry shortly")
+
+    def _admit(self, n: int) -> Reservation:
+        """Admit ``n`` utterances before decoding any, or refuse them all (one capacity check).
+
+        Raises:
+            NotReadyError, OverloadedError.
+        """
+        self.check_ready()
+        assert self.batcher is not None
+        return self.batcher.reserve(n)
 
     async def decode(self, data: bytes) -> np.ndarray:
         """Decode and check an upload on the decode pool: float32 ``[n_samples]`` at 16 kHz.
@@ -237,49 +234,64 @@ class InferenceEngine:
         Raises:
             AudioError (and subclasses): see ``shared.audio.load_audio``.
         """
+        assert self._decode_pool is not None, "the engine has not been started"
         context = contextvars.copy_context()
         call = functools.partial(context.run, load_audio, data, self.limits)
         return await asyncio.get_running_loop().run_in_executor(self._decode_pool, call)
 
     async def predict_bytes(self, data: bytes) -> Served:
-        """Decode one upload and predict it through the batcher.
+        """Decode one upload and predict it (a request of one: ``predict_many``'s path).
 
         Raises:
             NotReadyError, OverloadedError, RequestTimeoutError; AudioError from decoding; whatever the
             model raised.
         """
-        batcher = self.require_ready()
-        batcher.check_capacity(1)  # refuse before spending time on decoding
+        with self._admit(1) as reservation:
+            return await self._serve(reservation, data)
+
+    async def predict_many(self, uploads: Sequence[bytes]) -> list[Served | BaseException]:
+        """Decode and predict several uploads that share model batches; one outcome each, in order.
+
+        The request is admitted or refused as a whole; after that, each upload has its own outcome:
+        its ``Served`` or the exception it alone would have raised.
+
+        Raises:
+            NotReadyError, OverloadedError: the request as a whole is refused.
+        """
+        with self._admit(len(uploads)) as reservation:
+            return list(
+                await asyncio.gather(
+                    *(self._serve(reservation, data) for data in uploads), return_exceptions=True
+                )
+            )
+
+    async def _serve(self, reservation: Reservation, data: bytes) -> Served:
         start = time.perf_counter()
 
-        async def decode_then_predict() -> tuple[np.ndarray, float, BatchedPrediction]:
-            batcher.announce()
+        async def decode_then_predict() -> Served:
             try:
                 waveform = await self.decode(data)
             except BaseException:
-                batcher.withdraw()
+                reservation.release()  # a forming batch need not wait for it
                 raise
             decoded = time.perf_counter()
-            return waveform, decoded, await batcher.submit(waveform, announced=True)
+            result = await reservation.submit(waveform)
+            return Served(
+                prediction=result.prediction,
+                duration_s=waveform.shape[0] / SAMPLE_RATE,
+                decode_s=decoded - start,
+                queue_s=result.queue_s,
+                inference_s=result.inference_s,
+                total_s=time.perf_counter() - start,
+                batch_size=result.batch_size,
+            )
 
         try:
-            waveform, decoded, result = await asyncio.wait_for(
-                decode_then_predict(), self.settings.request_timeout_s
-            )
+            served = await asyncio.wait_for(decode_then_predict(), self.settings.request_timeout_s)
         except asyncio.TimeoutError as exc:
             raise RequestTimeoutError(
                 f"the prediction took longer than {self.settings.request_timeout_s:g} s; retry shortly"
             ) from exc
-        total = time.perf_counter() - start
-        served = Served(
-            prediction=result.prediction,
-            duration_s=waveform.shape[0] / SAMPLE_RATE,
-            decode_s=decoded - start,
-            queue_s=result.queue_s,
-            inference_s=result.inference_s,
-            total_s=total,
-            batch_size=result.batch_size,
-        )
         for stage, seconds in (
             ("decode", served.decode_s),
             ("queue", served.queue_s),

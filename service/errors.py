@@ -147,18 +147,38 @@ def status_for(exc: SERError) -> int:
     return 500
 
 
+#: What a client is told of an error the server did not expect (the log has the detail).
+INTERNAL_ERROR = "internal server error"
+
+
 def error_body(error: str, error_type: str) -> dict[str, str]:
     return {"error": error, "error_type": error_type}
 
 
-def error_response(exc: SERError, *, retry_after_s: int = 1) -> JSONResponse:
-    """The JSON reply for a domain or service error; retryable ones carry ``Retry-After``."""
+def render_error(exc: BaseException) -> tuple[int, dict[str, str]]:
+    """The status and JSON body of any exception, for a whole reply or one item of a batch.
+
+    Domain and service errors keep their message and ``error_type``; anything else is logged with its
+    traceback and answered as a bare 500 ``internal_error``.
+    """
+    if isinstance(exc, SERError):
+        status = status_for(exc)
+        if status >= 500 and not isinstance(exc, RetryableError):
+            log.error("%s: %s", exc.error_type, exc.message)
+        return status, error_body(exc.message, exc.error_type)
+    log.error("unexpected %s", type(exc).__name__, exc_info=exc)
+    return 500, error_body(INTERNAL_ERROR, "internal_error")
+
+
+def error_response(exc: BaseException, *, retry_after_s: int = 1) -> JSONResponse:
+    """The JSON reply for an exception (``render_error``); retryable ones carry ``Retry-After``."""
     headers = None
     if isinstance(exc, RetryableError):
         headers = {"Retry-After": str(retry_after_s)}
     elif isinstance(exc, UnauthorizedError):
         headers = {"WWW-Authenticate": 'ApiKey header="X-API-Key"'}
-    return JSONResponse(error_body(exc.message, exc.error_type), status_code=status_for(exc), headers=headers)
+    status, body = render_error(exc)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def describe_validation_error(errors: list[Any]) -> str:
@@ -173,10 +193,7 @@ def describe_validation_error(errors: list[Any]) -> str:
 def install_error_handlers(app: FastAPI, *, retry_after_s: int = 1) -> None:
     """Register handlers so that every error reply has the ``{"error", "error_type"}`` shape."""
 
-    async def on_domain_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, SERError)
-        if status_for(exc) >= 500 and not isinstance(exc, RetryableError):
-            log.error("%s: %s", exc.error_type, exc.message)
+    async def on_error(request: Request, exc: Exception) -> JSONResponse:
         return error_response(exc, retry_after_s=retry_after_s)
 
     async def on_http_exception(request: Request, exc: Exception) -> JSONResponse:
@@ -193,11 +210,7 @@ def install_error_handlers(app: FastAPI, *, retry_after_s: int = 1) -> None:
             error_body(describe_validation_error(list(exc.errors())), "invalid_request"), status_code=422
         )
 
-    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error while handling %s %s", request.method, request.url.path)
-        return JSONResponse(error_body("internal server error", "internal_error"), status_code=500)
-
-    app.add_exception_handler(SERError, on_domain_error)
+    app.add_exception_handler(SERError, on_error)
     app.add_exception_handler(StarletteHTTPException, on_http_exception)
     app.add_exception_handler(RequestValidationError, on_validation_error)
-    app.add_exception_handler(Exception, on_unexpected)
+    app.add_exception_handler(Exception, on_error)

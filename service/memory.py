@@ -4,7 +4,8 @@ Each forward pass of a large encoder allocates and frees the same few hundred MB
 default glibc hands freed memory back to the system: an inference thread's own malloc arena is built
 of 64 MB heaps that are unmapped once empty, and the top of a heap is trimmed above a threshold that
 moves with the sizes seen. The next batch then faults every page back in (tens of thousands of minor
-faults for a batch of 8 clips of HuBERT-large, up to 15% of its time on a small VM). The peak memory
+faults for a batch of 8 clips of HuBERT-large: a real share of its time on a small VM; the README has
+the measured A/B). The peak memory
 is the same either way, since the next batch needs those pages again.
 
 ``keep_freed_memory`` makes every thread share the main arena (``M_ARENA_MAX=1``: the inference thread

@@ -8,7 +8,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import PayloadTooLargeError, error_body
+from service.errors import INTERNAL_ERROR, PayloadTooLargeError, error_body
 from service.logs import new_request_id, request_id_var
 from service.metrics import ServiceMetrics
 
@@ -83,7 +83,7 @@ class RequestContextMiddleware:
                 await _send_json(
                     send,
                     500,
-                    error_body("internal server error", "internal_error"),
+                    error_body(INTERNAL_ERROR, "internal_error"),
                     [(b"x-request-id", request_id.encode())],
                 )
         finally:

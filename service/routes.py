@@ -27,7 +27,7 @@ from service.errors import (
     UnauthorizedError,
     UnsupportedMediaTypeError,
     describe_validation_error,
-    status_for,
+    render_error,
 )
 from service.metrics import ServiceMetrics
 from service.schemas import (
@@ -305,7 +305,9 @@ def to_response(served: Served, engine: InferenceEngine, request_id: str) -> Pre
 
 
 def model_ref(engine: InferenceEngine) -> ModelRef:
-    return ModelRef(name=str(engine.description.get("name")), version=str(engine.description.get("version")))
+    description = engine.description
+    assert description is not None, "the engine serves no model yet"
+    return ModelRef(name=description.name, version=description.version)
 
 
 # --- routes -------------------------------------------------------------------------------------
@@ -318,7 +320,7 @@ async def _predict_one(
     request: Request, engine: InferenceEngine, metrics: ServiceMetrics, endpoint: str
 ) -> PredictionResponse:
     try:
-        engine.require_ready()  # refuse before reading the body
+        engine.check_ready()  # refuse before reading the body
         data, filename = await read_single_audio(request)
         served = await unless_disconnected(request, engine.predict_bytes(data))
     except SERError as exc:
@@ -388,13 +390,9 @@ async def predict_batch(request: Request, engine: EngineDep, metrics: MetricsDep
     endpoint = "/v1/predict/batch"
     request_id = request_id_of(request)
     try:
-        engine.require_ready()
+        engine.check_ready()
         files = await read_batch_audio(request, engine.settings.max_batch_files)
-        engine.require_ready().check_capacity(len(files))
-        outcomes = await unless_disconnected(
-            request,
-            asyncio.gather(*(engine.predict_bytes(data) for data, _ in files), return_exceptions=True),
-        )
+        outcomes = await unless_disconnected(request, engine.predict_many([data for data, _ in files]))
     except SERError as exc:
         metrics.predictions.labels(endpoint, exc.error_type).inc()
         raise
@@ -412,13 +410,8 @@ async def predict_batch(request: Request, engine: EngineDep, metrics: MetricsDep
                 )
             )
             continue
-        if isinstance(outcome, SERError):
-            error = ErrorBody(error=outcome.message, error_type=outcome.error_type)
-            status = status_for(outcome)
-        else:
-            log.error("unexpected error on batch item %d", index, exc_info=outcome)
-            error = ErrorBody(error="internal server error", error_type="internal_error")
-            status = 500
+        status, body = render_error(outcome)
+        error = ErrorBody(**body)
         metrics.predictions.labels(endpoint, error.error_type).inc()
         items.append(BatchItem(index=index, filename=filename, ok=False, status=status, error=error))
     log.info("batch of %d files: %d ok", len(items), sum(item.ok for item in items))
@@ -442,7 +435,7 @@ async def health(engine: EngineDep) -> HealthResponse:
 )
 async def ready(engine: EngineDep) -> ReadyResponse:
     """200 once the model is loaded and warmed up; 503 (with Retry-After) before that and while stopping."""
-    engine.require_ready()
+    engine.check_ready()
     return ReadyResponse(model=model_ref(engine))
 
 
@@ -456,7 +449,7 @@ async def ready(engine: EngineDep) -> ReadyResponse:
 async def info(request: Request, engine: EngineDep) -> InfoResponse:
     from service import __version__
 
-    description = dict(engine.description)
+    description = engine.description.to_dict() if engine.description else {}
     return InfoResponse(
         service_version=__version__,
         model_state=engine.state,
@@ -466,6 +459,7 @@ async def info(request: Request, engine: EngineDep) -> InfoResponse:
         metrics=description.get("metrics", {}),
         load_seconds=engine.load_seconds,
         settings=engine.settings.public_dict(),
+        encoder=engine.settings.encoder_options().to_dict(),
         accepted_formats=SUPPORTED_FORMATS,
     )
 

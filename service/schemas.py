@@ -111,4 +111,8 @@ class InfoResponse(BaseModel):
     metrics: dict[str, Any] = Field(description="The bundle's evaluation metrics.")
     load_seconds: float | None
     settings: dict[str, Any] = Field(description="The effective settings (API keys are only counted).")
+    encoder: dict[str, Any] = Field(
+        description="How the speech encoder runs (the encoder options built from the settings: device, "
+        "dtype, backend, threads, batch size, window, cache folders, model override, offline)."
+    )
     accepted_formats: str

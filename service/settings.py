@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from shared.backbones.options import EncoderOptions
 from shared.constants import DEFAULT_MAX_SECONDS, DEFAULT_MIN_SECONDS, DEFAULT_SILENCE_DBFS
 
 MIB = 1024 * 1024
@@ -68,6 +69,21 @@ class ServiceSettings(BaseSettings):
         ge=0,
         description="Compute threads for the encoder (torch or ONNX Runtime); 0 means the CPUs this process "
         "may use (its affinity and any container CPU quota).",
+    )
+    window_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="Utterances longer than this are encoded in consecutive windows of this length "
+        "(seconds), so the encoder's memory is bounded by the window.",
+    )
+    cache_dir: Path | None = Field(
+        default=None,
+        description="Folder for derived model files: half-precision weight copies with their corrected "
+        "parameters, and ONNX exports; unset means $XDG_CACHE_HOME/ser or ~/.cache/ser.",
+    )
+    onnx_cache: Path | None = Field(
+        default=None,
+        description="Folder for ONNX exports alone; unset means <cache folder>/onnx.",
     )
 
     # --- HTTP --------------------------------------------------------------------------------
@@ -150,7 +166,7 @@ class ServiceSettings(BaseSettings):
         default=True,
         description="Keep the memory a batch frees for the next batch instead of returning it to the system "
         "(glibc only: one malloc arena, no trimming): the next batch then does not fault it back in, which "
-        "costs up to 15% of a batch's time on small VMs. Read once, when the process starts.",
+        "costs a share of every batch's time on small VMs. Read once, when the process starts.",
     )
 
     # --- logging -----------------------------------------------------------------------------
@@ -183,6 +199,21 @@ class ServiceSettings(BaseSettings):
                 f"min_seconds ({self.min_seconds}) must be below max_seconds ({self.max_seconds})"
             )
         return self
+
+    def encoder_options(self) -> EncoderOptions:
+        """How the encoder runs, as these settings say (``/v1/info`` echoes it as ``encoder``)."""
+        return EncoderOptions(
+            device=self.device,
+            dtype=self.dtype,
+            backend=self.backend,
+            threads=self.torch_threads or None,
+            max_batch_size=self.max_batch_size,
+            window_seconds=self.window_seconds,
+            cache_dir=self.cache_dir,
+            onnx_cache_dir=self.onnx_cache,
+            model_override=self.backbone_model,
+            offline=self.offline,
+        )
 
     @property
     def offline(self) -> bool:

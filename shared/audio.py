@@ -18,8 +18,8 @@ Design
   a millisecond), exact for PCM and float, and its MP3 reader (mpg123) honours the LAME gapless header,
   so MP3 decodes to exactly the encoded length; FFmpeg's MP3 decoder keeps the encoder delay (529
   samples too many on a CREMA-D MP3). Anything libsndfile refuses to open (a WAV holding G.726 ADPCM,
-  say) falls back to PyAV. Ogg/Opus goes to PyAV too: FFmpeg decodes it 3-4x faster, with the same
-  decoder as WebM/Opus.
+  say) falls back to PyAV. Ogg/Opus goes to PyAV too: FFmpeg decodes it faster, with the same decoder as
+  WebM/Opus.
 * **PyAV (which bundles FFmpeg; no system ffmpeg needed) for WebM/Matroska, MP4/M4A, AAC and the
   rest.** Frames are converted to float here rather than with FFmpeg's resampler so that no channel
   mixing or rate conversion happens inside FFmpeg.

@@ -17,7 +17,7 @@ order scikit-learn does, to within rounding (tests hold them to 1e-12):
    every class gets 0).
 
 Why: the service then needs neither scikit-learn nor SciPy (nor pandas, which scikit-learn imports
-when it is installed): about 160 MB less memory per process and a second less start-up. The arrays
+when it is installed), which saves memory in every process and time at start-up. The arrays
 are stored with ``numpy.savez`` and read with ``allow_pickle=False``, so reading them cannot run code.
 """
 

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from shared.backbones import Backbone, build_backbone
+from shared.backbones import Backbone, EncoderOptions, build_backbone
 from shared.bundle import Bundle, load_bundle
 from shared.classifier import ClassifierArrays
 from shared.constants import EMOTIONS, SAMPLE_RATE
+from shared.errors import BundleFormatError
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +35,37 @@ class Prediction:
     probabilities: dict[str, float]
 
 
-@dataclass
-class BatchTimings:
-    """Seconds spent in each stage of the last ``predict_batch`` call."""
+@dataclass(frozen=True)
+class ModelDescription:
+    """What a predictor serves: the bundle's identity and record, and how its backbone runs here.
 
-    embed_s: float = 0.0
-    classify_s: float = 0.0
-    extra: dict[str, float] = field(default_factory=dict)
+    Attributes:
+        name, version: the bundle's.
+        labels: the emotions, in probability order.
+        backbone: the manifest's backbone record (spec, dimension, training precision, fingerprint).
+        serving_dtype: the precision the backbone computes in here.
+        classifier: how the classifier is applied (its arrays with numpy, or the scikit-learn pipeline).
+        metrics, training: the manifest's evaluation figures and training record.
+        created_at: when the bundle was written.
+        path: the bundle folder.
+    """
+
+    name: str
+    version: str
+    labels: tuple[str, ...]
+    backbone: dict[str, Any]
+    serving_dtype: str
+    classifier: str
+    metrics: dict[str, Any]
+    training: dict[str, Any]
+    created_at: str | None
+    path: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON values (labels as a list)."""
+        data = dataclasses.asdict(self)
+        data["labels"] = list(self.labels)
+        return data
 
 
 def sanitize_features(features: np.ndarray) -> np.ndarray:
@@ -67,7 +92,6 @@ class Predictor:
         classes = [str(c) for c in bundle.classifier.classes_]
         # Column of each emotion in predict_proba's output, in EMOTIONS order.
         self._columns = [classes.index(label) for label in EMOTIONS]
-        self.last_timings = BatchTimings()
         if backbone.dtype != bundle.embedding_dtype:
             log.warning(
                 "serving embeddings in %s, but the classifier was trained on %s embeddings: predictions "
@@ -79,42 +103,17 @@ class Predictor:
             )
 
     @classmethod
-    def from_bundle(
-        cls,
-        path: str | os.PathLike[str],
-        *,
-        device: str = "cpu",
-        dtype: str = "fp32",
-        max_batch_size: int = 8,
-        model_override: str | None = None,
-        local_files_only: bool = False,
-        backend: str = "torch",
-        threads: int | None = None,
-    ) -> Predictor:
-        """Load and verify the bundle, then build the backbone its manifest names.
-
-        ``dtype="auto"`` serves in the device's fast precision (see ``resolve_dtype``); ``backend`` is
-        ``torch``, ``onnx`` or ``onnx-int8``; ``threads`` is the encoder's compute threads (``None``: the
-        CPUs this process may use).
+    def from_bundle(cls, path: str | os.PathLike[str], options: EncoderOptions | None = None) -> Predictor:
+        """Load and verify the bundle, then build the backbone its manifest names, run as ``options`` say.
 
         Raises:
-            BundleError: the bundle is missing or refused; BackboneError: the encoder cannot be loaded.
+            BundleError: the bundle is missing or refused, or its classifier does not fit the backbone;
+            BackboneError: the encoder cannot be loaded.
         """
         bundle = load_bundle(path)
-        backbone = build_backbone(
-            bundle.backbone_spec,
-            device=device,
-            dtype=dtype,
-            max_batch_size=max_batch_size,
-            model_override=model_override,
-            local_files_only=local_files_only,
-            backend=backend,
-            threads=threads,
-        )
+        backbone = build_backbone(bundle.backbone_spec, options)
         expected = bundle.manifest["backbone"].get("dim")
         if expected is not None and int(expected) != backbone.dim:
-            from shared.errors import BundleFormatError
-
             raise BundleFormatError(
                 f"the backbone gives {backbone.dim}-d embeddings but the classifier was trained on "
                 f"{expected}-d ones: the model does not match the bundle"
@@ -146,12 +145,7 @@ class Predictor:
 
     def predict_batch(self, waveforms: Sequence[np.ndarray]) -> list[Prediction]:
         """Predict each mono float32 16 kHz waveform (shape ``[n_samples]``), in input order."""
-        t0 = time.perf_counter()
-        embeddings = self.embed_batch(waveforms)
-        t1 = time.perf_counter()
-        results = self.classify(embeddings)
-        self.last_timings = BatchTimings(embed_s=t1 - t0, classify_s=time.perf_counter() - t1)
-        return results
+        return self.classify(self.embed_batch(waveforms))
 
     def predict(self, waveform: np.ndarray) -> Prediction:
         """Predict one waveform: a batch of one through ``predict_batch``."""
@@ -164,22 +158,22 @@ class Predictor:
         waves = [(0.1 * rng.standard_normal(n)).astype(np.float32) for _ in range(max(1, batch_size))]
         self.predict_batch(waves)
 
-    def describe(self) -> dict[str, Any]:
-        """A JSON-serialisable summary of the bundle and the backbone as served."""
+    def describe(self) -> ModelDescription:
+        """The bundle and the backbone as served."""
         m = self.bundle.manifest
-        return {
-            "name": self.bundle.name,
-            "version": self.bundle.version,
-            "labels": list(self.labels),
-            "backbone": m["backbone"],
-            "serving_dtype": self.backbone.dtype,
-            "classifier": (
+        return ModelDescription(
+            name=self.bundle.name,
+            version=self.bundle.version,
+            labels=self.labels,
+            backbone=dict(m["backbone"]),
+            serving_dtype=self.backbone.dtype,
+            classifier=(
                 "numpy arrays (classifier.npz)"
                 if isinstance(self.bundle.classifier, ClassifierArrays)
                 else "scikit-learn pipeline (classifier.skops)"
             ),
-            "metrics": m.get("metrics", {}),
-            "training": m.get("training", {}),
-            "created_at": m.get("created_at"),
-            "path": str(self.bundle.path),
-        }
+            metrics=m.get("metrics", {}),
+            training=m.get("training", {}),
+            created_at=m.get("created_at"),
+            path=str(self.bundle.path),
+        )

@@ -13,10 +13,12 @@ logging.getLogger("transformers").setLevel(logging.ERROR)
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_model_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Derived model files (bf16 weight copies, ONNX exports) go to a temporary folder, not ~/.cache."""
+    """Derived model files (bf16 weight copies, ONNX exports) go to a temporary folder, not ~/.cache: for
+    the service and the tools (SER_CACHE_DIR) and for the library's default (under XDG_CACHE_HOME)."""
     import os
 
     os.environ.setdefault("SER_CACHE_DIR", str(tmp_path_factory.mktemp("ser-cache")))
+    os.environ.setdefault("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,6 @@ import numpy as np
 import soundfile as sf
 
 from shared.backbones import BackboneSpec, build_backbone
-from shared.bundle import save_bundle
 from shared.constants import EMOTIONS, SAMPLE_RATE
 
 #: Each synthetic "emotion" is a voiced sound with its own pitch and tremolo, so classes are separable.
@@ -105,19 +104,18 @@ def synthetic_dataset(
 def build_synthetic_bundle(
     artifacts: Path, spec: BackboneSpec, *, name: str = "synthetic", version: str = "1", per_class: int = 8
 ) -> Path:
-    """Fit the real pipeline on generated clips embedded by ``spec``'s backbone and write a bundle."""
-    from training.pipeline import make_pipeline
+    """Fit the real pipeline on generated clips embedded by ``spec``'s backbone and write a bundle (with
+    the training recipe's own ``fit_bundle``)."""
+    from training.recipe import fit_bundle
 
     waves, labels, _ = synthetic_dataset(per_class)
     backbone = build_backbone(spec)
-    x = backbone.embed_batch(waves)
-    pipeline = make_pipeline(len(x), x.shape[1], min_class_count=per_class).fit(x, labels)
-    return save_bundle(
+    return fit_bundle(
+        backbone.embed_batch(waves),
+        labels,
+        backbone,
         artifacts,
         name=name,
         version=version,
-        pipeline=pipeline,
-        backbone={**spec.to_dict(), "dim": backbone.dim, "dtype": backbone.dtype},
         training={"corpus": "synthetic", "n_utterances": len(waves)},
-        metrics={},
     )

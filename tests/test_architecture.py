@@ -1,4 +1,5 @@
-"""The dependency direction is service -> shared <- training, and nothing heavy happens at import time."""
+"""The dependency direction is service -> shared <- training (benchmarks may use all three), with no
+exemptions, and nothing heavy happens at import time."""
 
 from __future__ import annotations
 
@@ -12,11 +13,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 #: package -> packages it must never import.
-FORBIDDEN = {"shared": {"service", "training"}, "service": {"training"}, "training": {"service"}}
-#: Development tools that are not part of the runtime package they live in, with the reason.
-EXEMPT = {
-    # The benchmark trains a throwaway bundle for the full-size model before serving it.
-    "service/benchmark.py",
+FORBIDDEN = {
+    "shared": {"service", "training", "benchmarks"},
+    "service": {"training", "benchmarks"},
+    "training": {"service", "benchmarks"},
 }
 
 
@@ -36,8 +36,6 @@ def test_dependency_direction(package):
     offenders = []
     for path in sorted((ROOT / package).rglob("*.py")):
         rel = path.relative_to(ROOT).as_posix()
-        if rel in EXEMPT:
-            continue
         bad = imported_packages(path) & FORBIDDEN[package]
         if bad:
             offenders.append(f"{rel} imports {', '.join(sorted(bad))}")

@@ -11,21 +11,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from shared.backbones import BACKBONE_KINDS, BackboneSpec, build_backbone
-from shared.bundle import save_bundle
+from shared.backbones import BACKBONE_KINDS, EncoderOptions
 from shared.errors import SERError
-
-log = logging.getLogger("training")
-
-DEFAULT_HUBERT = "facebook/hubert-large-ll60k"
+from training.recipe import DEFAULT_HUBERT, TrainingRecipe
 
 
 def _layers(text: str) -> list[int]:
@@ -67,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=Path("artifacts"), help="artifacts root (default ./artifacts)"
     )
     run.add_argument("--cache-dir", type=Path, default=None, help="embedding cache (default <out>/.cache)")
+    run.add_argument(
+        "--model-cache",
+        type=Path,
+        default=os.environ.get("SER_CACHE_DIR") or None,
+        help="derived model files: half-precision weight copies (default $SER_CACHE_DIR, else ~/.cache/ser)",
+    )
     run.add_argument("--device", default="auto", help="cpu, cuda or auto")
     run.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16", "auto"))
     run.add_argument("--batch-size", type=int, default=8)
@@ -86,171 +86,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _spec(args: argparse.Namespace, layer: int | None) -> BackboneSpec:
-    if args.backbone == "egemaps":
-        return BackboneSpec(kind="egemaps")
-    return BackboneSpec(
-        kind="hubert",
+def recipe_from_args(args: argparse.Namespace) -> TrainingRecipe:
+    """The ``run`` command's flags as a recipe."""
+    return TrainingRecipe(
+        corpus=args.corpus,
+        data_dir=args.data_dir,
+        backbone=args.backbone,
         model=str(args.model),
         revision=args.revision,
-        layer=layer,
+        layer=args.layer,
         layer_end=args.layer_end,
+        layers=tuple(args.layers or ()),
         pooling=args.pooling,
-    )
-
-
-def _embed(args: argparse.Namespace, spec: BackboneSpec, paths: list[Path]) -> tuple[Any, Any]:
-    from training.embeddings import extract_embeddings
-
-    backbone = build_backbone(spec, device=args.device, dtype=args.dtype, max_batch_size=args.batch_size)
-    result = extract_embeddings(
-        paths,
-        backbone,
-        cache_dir=args.cache_dir or args.out / ".cache",
-        batch_size=args.batch_size,
+        folds=args.folds,
+        random_cv=not args.no_random_cv,
+        seed=args.seed,
+        pca_components=args.pca_components,
+        svm_c=args.svm_c,
+        name=args.name,
+        version=args.version,
+        out=args.out,
+        embedding_cache=args.cache_dir,
         progress=not args.no_progress,
     )
-    return backbone, result
+
+
+def encoder_from_args(args: argparse.Namespace) -> EncoderOptions:
+    """The ``run`` command's encoder flags as ``EncoderOptions``."""
+    return EncoderOptions(
+        device=args.device, dtype=args.dtype, max_batch_size=args.batch_size, cache_dir=args.model_cache
+    )
 
 
 def run(args: argparse.Namespace) -> Path:
-    """The whole recipe; returns the new bundle folder."""
-    from training.corpora import prepare_corpus
-    from training.evaluation import EvaluationError, confusion_png, cross_validate, report_markdown
-    from training.pipeline import make_pipeline
+    """Train, evaluate and export a bundle (``training.recipe.train_bundle``); returns its folder."""
+    from training.evaluation import report_markdown
+    from training.recipe import train_bundle
 
-    corpus = prepare_corpus(args.corpus, args.data_dir)
-    summary = corpus.summary()
-    log.info("corpus %s: %d clips, %d speakers", corpus.name, summary["n_utterances"], summary["n_speakers"])
-    paths = [u.path for u in corpus.utterances]
-    pipeline_options = {"pca_components": args.pca_components, "C": args.svm_c}
-
-    sweep: list[dict[str, Any]] = []
-    chosen_layer = args.layer
-    if args.layers and args.backbone == "hubert":
-        best = None
-        for layer in args.layers:
-            spec = _spec(args, layer)
-            _, res = _embed(args, spec, paths)
-            labels = [corpus.utterances[i].label for i in res.ok]
-            speakers = [corpus.utterances[i].speaker for i in res.ok]
-            cv = cross_validate(
-                res.embeddings,
-                labels,
-                speakers,
-                folds=args.folds,
-                seed=args.seed,
-                pipeline_options=pipeline_options,
-            )
-            m = cv.metrics()
-            sweep.append(
-                {"layer": layer, "unweighted_accuracy": m["unweighted_accuracy"], "accuracy": m["accuracy"]}
-            )
-            log.info("layer %d: speaker-grouped UA %.3f", layer, m["unweighted_accuracy"])
-            if best is None or m["unweighted_accuracy"] > best[1]:
-                best = (layer, m["unweighted_accuracy"])
-        assert best is not None
-        chosen_layer = best[0]
-        log.info("chose layer %d", chosen_layer)
-
-    spec = _spec(args, chosen_layer)
-    backbone, res = _embed(args, spec, paths)
-    used = [corpus.utterances[i] for i in res.ok]
-    labels = [u.label for u in used]
-    speakers = [u.speaker for u in used]
-    x = res.embeddings
-
-    evaluation: dict[str, Any] = {}
-    skipped = None
-    protocols = ["speaker_grouped"] + ([] if args.no_random_cv else ["random"])
-    if not corpus.speaker_known:
-        protocols = [p for p in protocols if p != "speaker_grouped"]
-        skipped = "speakers unknown (no 'speaker' column): speaker-grouped cross-validation is impossible"
-    try:
-        for protocol in protocols:
-            cv = cross_validate(
-                x,
-                labels,
-                speakers,
-                protocol=protocol,
-                folds=args.folds,
-                seed=args.seed,
-                pipeline_options=pipeline_options,
-            )
-            evaluation[protocol] = cv.metrics()
-            m = evaluation[protocol]
-            log.info(
-                "%s %d-fold CV: accuracy %.3f, unweighted accuracy %.3f, macro F1 %.3f",
-                protocol,
-                m["folds"],
-                m["accuracy"],
-                m["unweighted_accuracy"],
-                m["macro_f1"],
-            )
-    except EvaluationError as exc:
-        skipped = str(exc)
-        log.warning("cross-validation skipped: %s", exc)
-
-    counts = {label: labels.count(label) for label in set(labels)}
-    final = make_pipeline(
-        len(x),
-        x.shape[1],
-        min_class_count=min(counts.values()) if counts else 0,
-        seed=args.seed,
-        **pipeline_options,
-    )
-    final.fit(x, np.asarray(labels))
-
-    name = args.name or f"{args.corpus}-{args.backbone}"
-    version = args.version or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    backbone_info = {**spec.to_dict(), "dim": backbone.dim, "dtype": backbone.dtype, **backbone.fingerprint}
-    headline = evaluation.get("speaker_grouped") or evaluation.get("random")
-    metrics = {
-        key: {k: v for k, v in m.items() if k in ("folds", "accuracy", "unweighted_accuracy", "macro_f1")}
-        for key, m in evaluation.items()
-    }
-    if headline:
-        metrics["headline"] = headline["protocol"]
-    report = {
-        "name": name,
-        "version": version,
-        "data": summary,
-        "failed": len(res.failed),
-        "failed_files": [{"path": str(paths[i]), "reason": reason} for i, reason in res.failed],
-        "backbone": backbone_info,
-        "evaluation": evaluation,
-        "layer_sweep": sweep,
-        "evaluation_skipped": skipped,
-        "seed": args.seed,
-        "pipeline": pipeline_options,
-    }
-    extra = {
-        "report.json": (json.dumps(report, indent=2) + "\n").encode(),
-        "report.md": report_markdown(report).encode(),
-    }
-    if headline:
-        title = f"{name}: {headline['protocol'].replace('_', '-')} {headline['folds']}-fold CV, UA {headline['unweighted_accuracy']:.3f}"
-        extra["confusion_matrix.png"] = confusion_png(headline, title)
-    training_info = {
-        "corpus": summary,
-        "n_used": len(used),
-        "failed": len(res.failed),
-        "protocol": "speaker-grouped stratified k-fold CV (headline); random stratified k-fold beside it",
-        "seed": args.seed,
-    }
-    folder = save_bundle(
-        args.out,
-        name=name,
-        version=version,
-        pipeline=final,
-        backbone=backbone_info,
-        training=training_info,
-        metrics=metrics,
-        extra_files=extra,
-    )
-    print(report_markdown(report))
-    print(f"bundle written to {folder}")
-    return folder
+    result = train_bundle(recipe_from_args(args), encoder_from_args(args))
+    print(report_markdown(result.report))
+    print(f"bundle written to {result.folder}")
+    return result.folder
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,4 +1,10 @@
-"""The backbone interface: waveforms in, one fixed-size embedding per waveform out."""
+"""The backbone interfaces and the spec that names a backbone.
+
+Every backbone turns waveforms into one fixed-size embedding each (``Backbone.embed_batch``). The speech
+encoders also give an utterance's frame-level hidden states (``FrameEncoder.encode_frames``), and pooling a
+range of those frames (``FrameEncoder.pool``) is the very computation ``embed_batch`` applies to all of
+them: many windows of a long recording can then be pooled out of one encoder pass.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +21,8 @@ from shared.errors import BackboneError
 
 BACKBONE_KINDS = ("hubert", "egemaps")
 POOLINGS = ("mean", "mean+std")
-DTYPES = ("auto", "fp32", "bf16", "fp16")
+#: Marker for "the model's last hidden state" (after the final layer norm, where the model has one).
+LAST_HIDDEN_STATE = -1
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,34 @@ class BackboneSpec:
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def requested_layers(spec: BackboneSpec, n_layers: int) -> list[int]:
+    """The absolute hidden-state indices a spec reads (``[LAST_HIDDEN_STATE]`` for the default).
+
+    Raises:
+        BackboneError: a layer does not exist, or the range is empty.
+    """
+    if spec.layer is None:
+        return [LAST_HIDDEN_STATE]
+
+    def absolute(layer: int) -> int:
+        idx = layer + n_layers + 1 if layer < 0 else layer
+        if not 0 <= idx <= n_layers:
+            raise BackboneError(f"layer {layer} does not exist: this encoder has hidden states 0..{n_layers}")
+        return idx
+
+    first = absolute(spec.layer)
+    last = absolute(spec.layer_end) if spec.layer_end is not None else first
+    if last < first:
+        raise BackboneError(f"layer range {spec.layer}..{spec.layer_end} is empty")
+    return list(range(first, last + 1))
+
+
+def kept_layer_count(layers: Sequence[int], n_layers: int) -> int:
+    """How many transformer layers must run to produce hidden states ``layers`` (at least 1)."""
+    top = n_layers if LAST_HIDDEN_STATE in layers else max(layers)
+    return max(top, 1)
+
+
 @runtime_checkable
 class Backbone(Protocol):
     """What every backbone offers. Implementations are not thread-safe: one thread owns one backbone."""
@@ -82,6 +117,58 @@ class Backbone(Protocol):
 
     def embed_batch(self, waveforms: Sequence[np.ndarray]) -> np.ndarray:
         """Embed mono float32 16 kHz waveforms (each shape ``[n_samples]``); returns float32 ``[n, dim]``."""
+        ...
+
+
+@dataclass(frozen=True)
+class HiddenStates:
+    """One utterance's frame-level hidden states, as a speech encoder computed them.
+
+    Attributes:
+        frames: float32 ``[n_frames, hidden]``.
+        starts: int64 ``[n_frames]``: the first input sample of each frame's receptive field (frames of
+            an input encoded in windows restart at each window, so this is not a plain multiple of ``hop``).
+        hop: samples between consecutive frames (320 for HuBERT: 50 frames a second at 16 kHz).
+        receptive: samples each frame sees (400 for HuBERT).
+        sample_rate: Hz of the input.
+    """
+
+    frames: np.ndarray
+    starts: np.ndarray
+    hop: int
+    receptive: int
+    sample_rate: int = SAMPLE_RATE
+
+    @property
+    def frame_rate(self) -> float:
+        """Frames per second."""
+        return self.sample_rate / self.hop
+
+    def __len__(self) -> int:
+        return int(self.frames.shape[0])
+
+    def frame_range(self, start_s: float, end_s: float) -> tuple[int, int]:
+        """The frames ``[first, last)`` whose receptive field starts in ``[start_s, end_s)`` seconds."""
+        bounds = np.array([start_s, end_s]) * self.sample_rate
+        first, last = np.searchsorted(self.starts, bounds, side="left")
+        return int(first), int(last)
+
+
+@runtime_checkable
+class FrameEncoder(Protocol):
+    """A backbone that also gives frame-level hidden states (the speech encoders; eGeMAPS does not).
+
+    ``pool(encode_frames(w))`` over all frames equals ``embed_batch([w])[0]``: both are one computation.
+    """
+
+    def encode_frames(self, waveform: np.ndarray) -> HiddenStates:
+        """The hidden states of one mono float32 16 kHz waveform ``[n_samples]`` (the spec's layer(s),
+        normalised as ``embed_batch`` normalises; inputs over the window length are encoded window by
+        window)."""
+        ...
+
+    def pool(self, states: HiddenStates, first: int = 0, last: int | None = None) -> np.ndarray:
+        """The embedding of frames ``[first, last)``: float32 ``[dim]``, as ``embed_batch`` pools them."""
         ...
 
 
@@ -111,3 +198,15 @@ class EmbeddingStats:
             return mean.astype(np.float32)
         var = np.maximum(self.total_sq / self.frames - np.square(mean), 0.0)
         return np.concatenate([mean, np.sqrt(var)]).astype(np.float32)
+
+
+def pool_frames(frames: np.ndarray, pooling: str) -> np.ndarray:
+    """Pool ``[n_frames, d]`` frames into one embedding (``"mean"``: ``[d]``; ``"mean+std"``: ``[2d]``).
+
+    Raises:
+        BackboneError: there are no frames.
+    """
+    stats = EmbeddingStats()
+    if len(frames):
+        stats.add(frames)
+    return stats.pool(pooling)

@@ -477,6 +477,10 @@ def test_info_echoes_the_bundle_and_the_effective_settings(
     assert "api_keys" not in settings and settings["api_keys_configured"] == 0
     assert "WebM" in info["accepted_formats"]
     assert info["load_seconds"] > 0
+    # The encoder options the settings build, whole, with the cache folders resolved.
+    assert info["encoder"] == egemaps_settings.encoder_options().to_dict()
+    assert info["encoder"]["device"] == "cpu" and info["encoder"]["max_batch_size"] == 8
+    assert info["encoder"]["cache_dir"] and info["encoder"]["onnx_cache_dir"].endswith("onnx")
 
 
 def _metric(text: str, line_start: str) -> float:

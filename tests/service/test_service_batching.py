@@ -111,6 +111,35 @@ def test_queue_full_raises_overloaded_instead_of_growing() -> None:
         batcher.close()
 
 
+def test_reservations_admit_all_or_none_before_decoding_and_count_a_refusal_once() -> None:
+    rec = Recorder(block=True)
+    batcher = MicroBatcher(rec, max_batch_size=2, max_wait_s=0.0, queue_depth=4)
+    try:
+        running = batcher.submit_nowait(wave(100))
+        assert rec.started.wait(5)
+        with batcher.reserve(3) as slots:  # three uploads being decoded hold three places
+            with pytest.raises(OverloadedError, match="queue is full"):
+                batcher.reserve(2)  # all or none: there is room for one only
+            assert batcher.stats.rejected_overloaded == 1
+            one = batcher.reserve(1)
+            with pytest.raises(OverloadedError):
+                batcher.submit_nowait(wave(5))
+            queued = [slots.submit_nowait(wave(200)), one.submit_nowait(wave(201))]
+            slots.release()  # one upload could not be decoded: its place is free again
+            queued.append(batcher.submit_nowait(wave(202)))
+            with pytest.raises(RuntimeError, match="every reserved slot has been used"):
+                one.submit_nowait(wave(9))
+        assert batcher.stats.rejected_overloaded == 2
+        rec.release.set()
+        assert [f.result(5).prediction for f in [running, *queued]] == [
+            Recorder.predict(n) for n in (100, 200, 201, 202)
+        ]
+        with batcher.reserve(4):  # the unused places of a finished request were given back
+            pass
+    finally:
+        batcher.close()
+
+
 def test_cancelled_requests_are_skipped() -> None:
     rec = Recorder(block=True)
     batcher = MicroBatcher(rec, max_batch_size=8, max_wait_s=0.0, queue_depth=16)
@@ -183,32 +212,31 @@ def test_close_drains_what_is_queued_then_refuses() -> None:
         batcher.submit_nowait(wave(99))
     rec.release.set()
     closer.join(5)
-    assert not closer.is_alive() and not batcher.alive
+    assert not closer.is_alive() and batcher.close(timeout=0)
     assert [f.result(0).prediction for f in [running, *queued]] == [
         Recorder.predict(n) for n in (10, 20, 21, 22, 23, 24)
     ]
 
 
-def test_a_forming_batch_waits_only_for_announced_waveforms() -> None:
+def test_a_forming_batch_waits_only_for_reserved_waveforms() -> None:
     rec = Recorder()
     batcher = MicroBatcher(rec, max_batch_size=4, max_wait_s=5.0, queue_depth=16)
     try:
-        # Nothing announced: a lone waveform runs at once instead of waiting 5 s for company.
+        # Nothing reserved: a lone waveform runs at once instead of waiting 5 s for company.
         start = time.perf_counter()
         batcher.submit_nowait(wave(100)).result(5)
         assert time.perf_counter() - start < 2.0
-        # Two announced: the first submitted waits for the second, and they share a batch.
-        batcher.announce()
-        batcher.announce()
-        first = batcher.submit_nowait(wave(200), announced=True)
+        # Two reserved: the first submitted waits for the second, and they share a batch.
+        slots = batcher.reserve(2)
+        first = slots.submit_nowait(wave(200))
         time.sleep(0.05)
-        second = batcher.submit_nowait(wave(210), announced=True)
+        second = slots.submit_nowait(wave(210))
         assert first.result(5).batch_size == second.result(5).batch_size == 2
-        # A withdrawn announcement stops the wait.
-        batcher.announce()
+        # A released reservation stops the wait.
+        slot = batcher.reserve(1)
         start = time.perf_counter()
         pending = batcher.submit_nowait(wave(300))
-        batcher.withdraw()
+        slot.release()
         pending.result(5)
         assert time.perf_counter() - start < 2.0
     finally:
@@ -247,5 +275,4 @@ def test_a_failed_warm_up_is_reported_and_admits_nothing() -> None:
         batcher.warmed_up.result(5)
     with pytest.raises(NotReadyError):
         batcher.submit_nowait(wave(1000))
-    batcher.close(drain=False, timeout=5)
-    assert not batcher.alive
+    assert batcher.close(drain=False, timeout=5)

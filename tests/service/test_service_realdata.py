@@ -16,7 +16,6 @@ from service.app import create_app
 from service.settings import ServiceSettings
 from shared.audio import decode_audio
 from shared.backbones import BackboneSpec, build_backbone
-from shared.bundle import save_bundle
 
 pytestmark = pytest.mark.realdata
 
@@ -28,22 +27,19 @@ ACTORS = ("Actor_01", "Actor_02", "Actor_03", "Actor_04")
 @pytest.fixture(scope="session")
 def ravdess_bundle(real_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An eGeMAPS bundle fitted on four RAVDESS actors (two female, two male; 176 clips)."""
-    from training.pipeline import make_pipeline
+    from training.recipe import fit_bundle
 
     files = sorted(f for actor in ACTORS for f in (real_data / "ravdess16k" / actor).glob("*.flac"))
     assert len(files) == 44 * len(ACTORS)
     labels = [RAVDESS_EMOTIONS[f.name.split("-")[2]] for f in files]
-    spec = BackboneSpec(kind="egemaps")
-    backbone = build_backbone(spec)
-    x = backbone.embed_batch([decode_audio(f) for f in files])
-    counts = {label: labels.count(label) for label in set(labels)}
-    pipeline = make_pipeline(len(x), x.shape[1], min_class_count=min(counts.values())).fit(x, labels)
-    return save_bundle(
+    backbone = build_backbone(BackboneSpec(kind="egemaps"))
+    return fit_bundle(
+        backbone.embed_batch([decode_audio(f) for f in files]),
+        labels,
+        backbone,
         tmp_path_factory.mktemp("ravdess-artifacts"),
         name="ravdess-egemaps",
         version="test",
-        pipeline=pipeline,
-        backbone={**spec.to_dict(), "dim": backbone.dim, "dtype": backbone.dtype},
         training={"corpus": "ravdess", "actors": list(ACTORS), "n_utterances": len(files)},
     )
 

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from service.__main__ import parse_args
 from service.settings import ServiceSettings
+from shared.backbones import EncoderOptions
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -62,6 +63,29 @@ def test_environment_variables_are_read_with_the_ser_prefix(monkeypatch: pytest.
     public = s.public_dict()
     assert "api_keys" not in public and public["api_keys_configured"] == 3
     assert "key-" not in str(public)
+
+
+def test_the_encoder_options_come_from_the_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("SER_ONNX_CACHE", str(tmp_path / "exports"))
+    monkeypatch.setenv("SER_TORCH_THREADS", "3")
+    monkeypatch.setenv("SER_BACKEND", "onnx-int8")
+    options = ServiceSettings(max_batch_size=4, window_seconds=12.5).encoder_options()
+    assert options == EncoderOptions(
+        device="auto",
+        dtype="auto",
+        backend="onnx-int8",
+        threads=3,
+        max_batch_size=4,
+        window_seconds=12.5,
+        cache_dir=tmp_path / "cache",
+        onnx_cache_dir=tmp_path / "exports",
+    )
+    shown = options.to_dict()
+    assert shown["cache_dir"] == str(tmp_path / "cache") and shown["onnx_cache_dir"] == str(
+        tmp_path / "exports"
+    )
+    assert ServiceSettings().encoder_options().to_dict()["onnx_cache_dir"] == str(tmp_path / "exports")
 
 
 def test_hf_hub_offline_implies_offline(monkeypatch: pytest.MonkeyPatch) -> None:

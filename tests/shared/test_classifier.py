@@ -112,9 +112,10 @@ def test_serving_a_hubert_bundle_never_imports_sklearn(hubert_bundle):
     script = textwrap.dedent(
         f"""
         import json, sys
+        from shared.backbones import EncoderOptions
         from shared.predictor import Predictor
         from shared.signals import speech_like
-        predictor = Predictor.from_bundle({str(hubert_bundle)!r}, local_files_only=True)
+        predictor = Predictor.from_bundle({str(hubert_bundle)!r}, EncoderOptions(offline=True))
         results = predictor.predict_batch([speech_like(1.0, seed=1), speech_like(2.0, seed=2)])
         heavy = sorted({{m.split(".")[0] for m in sys.modules}} & {{"sklearn", "scipy", "pandas", "skops"}})
         print(json.dumps({{"heavy": heavy, "sums": [sum(r.probabilities.values()) for r in results]}}))

@@ -1,11 +1,9 @@
 """The ONNX Runtime backbone on a tiny real HuBERT graph: same embeddings as torch in fp32, int8 close,
-exports cached and reused. Also the torch backend's speed machinery it shares a module with: the cached
-half-precision weights, thread settings and ``dtype="auto"``."""
+exports cached and reused."""
 
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -13,24 +11,15 @@ import pytest
 import torch
 from support import make_tiny_hubert, relative_error, synthetic_clip
 
-from shared.backbones import BackboneSpec, build_backbone
-from shared.backbones import hubert as hubert_module
-from shared.backbones.hubert import available_cpus, configure_torch_threads, resolve_dtype
+from shared.backbones import BackboneSpec, EncoderOptions, build_backbone
 from shared.errors import BackboneError
 
 pytest.importorskip("onnxruntime", reason="the ONNX backend needs the onnx extra (onnxruntime, onnx)")
 onnx = pytest.importorskip("onnx", reason="the ONNX backend needs the onnx extra (onnxruntime, onnx)")
 
-from shared.backbones import onnx as onnx_module  # noqa: E402  (after the skip: it imports onnxruntime)
-from shared.backbones.onnx import OnnxEncoder  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def waves() -> list[np.ndarray]:
-    return [
-        synthetic_clip(label, seconds, seed=i)
-        for i, (label, seconds) in enumerate([("happy", 1.0), ("sad", 1.7), ("angry", 0.6), ("fear", 2.3)])
-    ]
+from shared.backbones.onnx import encoder as onnx_encoder  # noqa: E402  (after the skip: it imports onnxruntime)
+from shared.backbones.onnx import export as onnx_export  # noqa: E402
+from shared.backbones.onnx.encoder import OnnxEncoder  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +37,8 @@ def op_counts(path: Path) -> dict[str, int]:
 
 def test_fp32_matches_torch_on_padded_batches_and_one_at_a_time(tiny_hubert_dir, waves, cache):
     spec = BackboneSpec(kind="hubert", model=str(tiny_hubert_dir))
-    expected = build_backbone(spec, max_batch_size=4).embed_batch(waves)
-    backbone = build_backbone(spec, backend="onnx", max_batch_size=4, cache_dir=cache)
+    expected = build_backbone(spec, EncoderOptions(max_batch_size=4)).embed_batch(waves)
+    backbone = build_backbone(spec, EncoderOptions(backend="onnx", max_batch_size=4, cache_dir=cache))
     assert isinstance(backbone, OnnxEncoder)
     assert (backbone.dtype, backbone.dim, backbone.supports_padding) == ("fp32", 16, True)
     batched = backbone.embed_batch(waves)
@@ -75,8 +64,8 @@ def test_layer_selection_and_truncation_match_torch(
     spec = BackboneSpec(
         kind="hubert", model=str(tiny_hubert_dir), layer=layer, layer_end=layer_end, pooling=pooling
     )
-    reference = build_backbone(spec, max_batch_size=4)
-    backbone = build_backbone(spec, backend="onnx", max_batch_size=4, cache_dir=cache)
+    reference = build_backbone(spec, EncoderOptions(max_batch_size=4))
+    backbone = build_backbone(spec, EncoderOptions(backend="onnx", max_batch_size=4, cache_dir=cache))
     assert backbone.dim == reference.dim
     np.testing.assert_allclose(backbone.embed_batch(waves), reference.embed_batch(waves), atol=1e-4)
     # One attention softmax per transformer layer in the graph: the layers above the one read are gone
@@ -88,18 +77,29 @@ def test_layer_selection_and_truncation_match_torch(
 def test_long_inputs_are_embedded_in_windows_like_torch(tiny_hubert_dir, cache):
     wave = synthetic_clip("angry", 3.0, seed=3)
     spec = BackboneSpec(kind="hubert", model=str(tiny_hubert_dir))
-    expected = build_backbone(spec, window_seconds=1.0).embed_batch([wave])
-    backbone = build_backbone(spec, backend="onnx", window_seconds=1.0, cache_dir=cache)
+    expected = build_backbone(spec, EncoderOptions(window_seconds=1.0)).embed_batch([wave])
+    backbone = build_backbone(spec, EncoderOptions(backend="onnx", window_seconds=1.0, cache_dir=cache))
     np.testing.assert_allclose(backbone.embed_batch([wave]), expected, atol=1e-4)
+
+
+def test_frame_level_states_match_torch(tiny_hubert_dir, cache):
+    spec = BackboneSpec(kind="hubert", model=str(tiny_hubert_dir))
+    wave = synthetic_clip("sad", 2.1, seed=9)
+    expected = build_backbone(spec).encode_frames(wave)
+    states = build_backbone(spec, EncoderOptions(backend="onnx", cache_dir=cache)).encode_frames(wave)
+    np.testing.assert_array_equal(states.starts, expected.starts)
+    np.testing.assert_allclose(states.frames, expected.frames, atol=1e-4)
 
 
 def test_group_norm_models_run_one_at_a_time_and_match_torch(tmp_path, waves, cache):
     folder = make_tiny_hubert(tmp_path / "tiny-base", layer_norm=False)
     spec = BackboneSpec(kind="hubert", model=str(folder))
-    backbone = build_backbone(spec, backend="onnx", max_batch_size=4, cache_dir=cache)
+    backbone = build_backbone(spec, EncoderOptions(backend="onnx", max_batch_size=4, cache_dir=cache))
     assert not backbone.supports_padding
     np.testing.assert_allclose(
-        backbone.embed_batch(waves), build_backbone(spec, max_batch_size=4).embed_batch(waves), atol=1e-4
+        backbone.embed_batch(waves),
+        build_backbone(spec, EncoderOptions(max_batch_size=4)).embed_batch(waves),
+        atol=1e-4,
     )
 
 
@@ -109,8 +109,8 @@ def test_int8_quantises_only_the_weight_matmuls_and_stays_close(tiny_hubert_dir,
         synthetic_clip(label, 1.5, seed=20 + i)
         for i, label in enumerate(["happy", "sad", "angry", "fear", "disgust", "neutral"])
     ]
-    fp32 = build_backbone(spec, backend="onnx", cache_dir=cache).embed_batch(clips)
-    backbone = build_backbone(spec, backend="onnx-int8", cache_dir=cache)
+    fp32 = build_backbone(spec, EncoderOptions(backend="onnx", cache_dir=cache)).embed_batch(clips)
+    backbone = build_backbone(spec, EncoderOptions(backend="onnx-int8", cache_dir=cache))
     assert backbone.dtype == "int8"
     int8 = backbone.embed_batch(clips)
     assert int8.shape == fp32.shape and np.isfinite(int8).all()
@@ -144,7 +144,7 @@ def test_the_time_major_feature_encoder_is_the_convolution_stack(tmp_path, sampl
         with torch.no_grad():
             for layer in model.feature_extractor.conv_layers:
                 layer.conv.bias.normal_()
-    rebuilt = onnx_module.TimeMajorFeatureEncoder(model.feature_extractor.conv_layers)
+    rebuilt = onnx_export.TimeMajorFeatureEncoder(model.feature_extractor.conv_layers)
     x = torch.from_numpy(np.random.default_rng(samples).standard_normal((2, samples)).astype(np.float32))
     with torch.no_grad():
         expected, got = model.feature_extractor(x), rebuilt(x)
@@ -154,13 +154,13 @@ def test_the_time_major_feature_encoder_is_the_convolution_stack(tmp_path, sampl
 
 def test_group_norm_encoders_keep_their_convolutions(tmp_path, cache):
     spec = BackboneSpec(kind="hubert", model=str(make_tiny_hubert(tmp_path / "base", layer_norm=False)))
-    ops = op_counts(build_backbone(spec, backend="onnx", cache_dir=cache).model_path)
+    ops = op_counts(build_backbone(spec, EncoderOptions(backend="onnx", cache_dir=cache)).model_path)
     assert ops["Conv"] == 7 + 1
 
 
 def test_exports_are_cached_and_reused(tiny_hubert_dir, waves, tmp_path, monkeypatch):
     spec = BackboneSpec(kind="hubert", model=str(tiny_hubert_dir))
-    first = build_backbone(spec, backend="onnx", cache_dir=tmp_path)
+    first = build_backbone(spec, EncoderOptions(backend="onnx", cache_dir=tmp_path))
     path = first.model_path
     assert path.is_file() and path.parent.parent == tmp_path / "onnx"
     meta = json.loads((path.parent / "meta.json").read_text())
@@ -170,19 +170,18 @@ def test_exports_are_cached_and_reused(tiny_hubert_dir, waves, tmp_path, monkeyp
     def no_export(*args, **kwargs):
         raise AssertionError("exported again although the export is cached")
 
-    monkeypatch.setattr(onnx_module, "export_encoder", no_export)
-    second = build_backbone(spec, backend="onnx", cache_dir=tmp_path)
+    monkeypatch.setattr(onnx_encoder, "export_encoder", no_export)
+    second = build_backbone(spec, EncoderOptions(backend="onnx", cache_dir=tmp_path))
     assert second.model_path == path and path.stat().st_mtime_ns == written
     np.testing.assert_array_equal(second.embed_batch(waves), first.embed_batch(waves))
     # int8 is quantised from the cached fp32 export, without exporting.
-    int8 = build_backbone(spec, backend="onnx-int8", cache_dir=tmp_path)
+    int8 = build_backbone(spec, EncoderOptions(backend="onnx-int8", cache_dir=tmp_path))
     assert int8.model_path != path and int8.model_path.is_file()
     # Another layer is another graph: it needs its own export.
     with pytest.raises(AssertionError, match="exported again"):
         build_backbone(
             BackboneSpec(kind="hubert", model=str(tiny_hubert_dir), layer=1),
-            backend="onnx",
-            cache_dir=tmp_path,
+            EncoderOptions(backend="onnx", cache_dir=tmp_path),
         )
     assert len(list((tmp_path / "onnx").iterdir())) == 2  # no half-built entry is left behind
 
@@ -190,134 +189,32 @@ def test_exports_are_cached_and_reused(tiny_hubert_dir, waves, tmp_path, monkeyp
 def test_changed_weights_in_the_same_folder_are_exported_again(tmp_path, waves):
     folder = make_tiny_hubert(tmp_path / "model", seed=0)
     spec = BackboneSpec(kind="hubert", model=str(folder))
-    before = build_backbone(spec, backend="onnx", cache_dir=tmp_path / "cache")
+    before = build_backbone(spec, EncoderOptions(backend="onnx", cache_dir=tmp_path / "cache"))
     make_tiny_hubert(folder, seed=1)  # new weights, same path
-    after = build_backbone(spec, backend="onnx", cache_dir=tmp_path / "cache")
+    after = build_backbone(spec, EncoderOptions(backend="onnx", cache_dir=tmp_path / "cache"))
     assert after.model_path != before.model_path
     np.testing.assert_allclose(after.embed_batch(waves), build_backbone(spec).embed_batch(waves), atol=1e-4)
 
 
-def test_cache_location_follows_the_environment(tiny_hubert_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv("SER_ONNX_CACHE", str(tmp_path / "exports"))
-    backbone = build_backbone(BackboneSpec(kind="hubert", model=str(tiny_hubert_dir)), backend="onnx")
+def test_cache_location_follows_the_options(tiny_hubert_dir, tmp_path):
+    options = EncoderOptions(backend="onnx", onnx_cache_dir=tmp_path / "exports")
+    backbone = build_backbone(BackboneSpec(kind="hubert", model=str(tiny_hubert_dir)), options)
     assert backbone.model_path.is_relative_to(tmp_path / "exports")
 
 
 def test_onnx_errors_are_clear(tiny_hubert_dir, cache):
     spec = BackboneSpec(kind="hubert", model=str(tiny_hubert_dir))
     with pytest.raises(BackboneError, match="unknown backend 'tensorrt'"):
-        build_backbone(spec, backend="tensorrt")
+        build_backbone(spec, EncoderOptions(backend="tensorrt"))
     with pytest.raises(BackboneError, match="dtype 'bf16' applies to the torch backend only"):
-        build_backbone(spec, backend="onnx", dtype="bf16", cache_dir=cache)
+        build_backbone(spec, EncoderOptions(backend="onnx", dtype="bf16", cache_dir=cache))
     with pytest.raises(BackboneError, match="runs on the CPU"):
-        build_backbone(spec, backend="onnx-int8", device="cuda", cache_dir=cache)
-    backbone = build_backbone(spec, backend="onnx", cache_dir=cache)
+        build_backbone(spec, EncoderOptions(backend="onnx-int8", device="cuda", cache_dir=cache))
+    backbone = build_backbone(spec, EncoderOptions(backend="onnx", cache_dir=cache))
     with pytest.raises(BackboneError, match="shorter than one encoder frame"):
         backbone.embed_batch([np.zeros(100, np.float32)])
     # eGeMAPS has no encoder to export: the backend does not apply.
-    assert build_backbone(BackboneSpec(kind="egemaps"), backend="onnx").dim == 88
+    assert build_backbone(BackboneSpec(kind="egemaps"), EncoderOptions(backend="onnx")).dim == 88
 
 
 # -- the torch backend's speed machinery ----------------------------------------------------------
-
-
-def safetensors_keys(path: Path) -> dict[str, str]:
-    with path.open("rb") as f:
-        (size,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(size))
-    return {name: info["dtype"] for name, info in header.items() if name != "__metadata__"}
-
-
-@pytest.mark.parametrize("layer", [None, 1])
-def test_bf16_weights_are_converted_once_and_hold_the_checkpoints_values(
-    tiny_hubert_dir, waves, tmp_path, layer
-):
-    from safetensors.torch import load_file
-
-    spec = BackboneSpec(kind="hubert", model=str(tiny_hubert_dir), layer=layer)
-    backbone = build_backbone(spec, dtype="bf16", cache_dir=tmp_path)
-    (entry,) = (tmp_path / "weights").iterdir()
-    keys = safetensors_keys(entry / "model.safetensors")
-    assert set(keys.values()) == {"BF16"}
-    kept = 3 if layer is None else 1
-    assert not any(f"encoder.layers.{i}." in name for name in keys for i in range(kept, 3))
-
-    source = load_file(str(tiny_hubert_dir / "model.safetensors"))
-    # The torch backend runs the conv stack one utterance at a time through a wrapper module.
-    ours = {
-        k.replace("feature_extractor.encoder.", "feature_extractor."): v
-        for k, v in backbone.model.state_dict().items()
-    }
-    matrices = {
-        k
-        for k, v in source.items()
-        if v.dim() >= 2
-        and "parametrizations" not in k
-        and not any(f"layers.{i}." in k for i in range(kept, 3))
-    }
-    for name in matrices:
-        # Matrix weights: the checkpoint's values rounded to bf16.
-        assert ours[name].dtype == torch.bfloat16 and torch.equal(
-            ours[name], source[name].to(torch.bfloat16)
-        ), name
-    for name, value in ours.items():
-        if name.endswith("layer_norm.weight") or name.endswith("layer_norm.bias"):
-            assert value.dtype == torch.float32 and torch.equal(value, source[name]), (
-                name
-            )  # exact, not rounded
-        if name.endswith(".bias") and "layer_norm" not in name:
-            assert value.dtype == torch.float32, name  # fp32, bias-corrected
-    # The weight-normed positional convolution is folded, from the checkpoint's fp32 values.
-    g = source["encoder.pos_conv_embed.conv.parametrizations.weight.original0"]
-    v = source["encoder.pos_conv_embed.conv.parametrizations.weight.original1"]
-    folded = torch._weight_norm(v, g, 2).to(torch.bfloat16)
-    assert torch.equal(ours["encoder.pos_conv_embed.conv.weight"], folded)
-    assert backbone.fingerprint["half_precision"] == hubert_module.HALF_PRECISION_METHOD
-    assert "half_precision" not in build_backbone(spec).fingerprint
-
-    files = [entry / "model.safetensors", entry / hubert_module.FULL_PRECISION_FILE]
-    written = [f.stat().st_mtime_ns for f in files]
-    again = build_backbone(spec, dtype="bf16", cache_dir=tmp_path)
-    assert [f.stat().st_mtime_ns for f in files] == written
-    np.testing.assert_array_equal(again.embed_batch(waves), backbone.embed_batch(waves))
-
-
-def test_a_damaged_corrected_parameter_file_is_rebuilt(tiny_hubert_dir, waves, tmp_path):
-    spec = BackboneSpec(kind="hubert", model=str(tiny_hubert_dir))
-    expected = build_backbone(spec, dtype="bf16", cache_dir=tmp_path).embed_batch(waves)
-    (entry,) = (tmp_path / "weights").iterdir()
-    saved = entry / hubert_module.FULL_PRECISION_FILE
-    saved.write_bytes(saved.read_bytes()[:100])
-    np.testing.assert_array_equal(
-        build_backbone(spec, dtype="bf16", cache_dir=tmp_path).embed_batch(waves), expected
-    )
-    assert saved.stat().st_size > 100
-
-
-def test_bf16_without_a_writable_cache_loads_directly(tiny_hubert_dir, waves, tmp_path):
-    blocker = tmp_path / "not-a-folder"
-    blocker.write_text("")
-    spec = BackboneSpec(kind="hubert", model=str(tiny_hubert_dir))
-    backbone = build_backbone(spec, dtype="bf16", cache_dir=blocker)
-    cached = build_backbone(spec, dtype="bf16", cache_dir=tmp_path / "cache")
-    np.testing.assert_array_equal(backbone.embed_batch(waves), cached.embed_batch(waves))
-
-
-def test_threads_are_capped_at_the_cpus_available_unless_set():
-    before = torch.get_num_threads()
-    try:
-        assert 1 <= available_cpus() <= (len(__import__("os").sched_getaffinity(0)))
-        assert configure_torch_threads(1) == 1 and torch.get_num_threads() == 1
-        assert configure_torch_threads(None) == 1  # an explicit setting stands
-        torch.set_num_threads(available_cpus() + 3)
-        assert configure_torch_threads(None) == available_cpus() == torch.get_num_threads()
-    finally:
-        torch.set_num_threads(before)
-
-
-def test_auto_dtype_is_bf16_where_the_cpu_has_bf16_units(monkeypatch):
-    cpu = torch.device("cpu")
-    for fast in (True, False):
-        monkeypatch.setattr(hubert_module, "cpu_has_fast_bf16", lambda fast=fast: fast)
-        assert resolve_dtype("auto", cpu) == ("bf16" if fast else "fp32")
-        assert resolve_dtype("bf16", cpu) == "bf16" and resolve_dtype("fp32", cpu) == "fp32"  # explicit wins

@@ -1,4 +1,4 @@
-"""Half-precision weights with fp32 activations and bias correction (``shared.backbones.precision``)."""
+"""Half-precision weights with fp32 activations and bias correction (``shared.backbones.torch.precision``)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from safetensors.torch import save_file
 from support import relative_error, synthetic_clip
 from torch import nn
 
-from shared.backbones import BackboneSpec, build_backbone
-from shared.backbones.precision import (
+from shared.backbones import BackboneSpec, EncoderOptions, build_backbone
+from shared.backbones.torch.precision import (
     CheckpointTensors,
     HalfWeightConv1d,
     HalfWeightLinear,
@@ -136,7 +136,7 @@ def test_bf16_encoder_is_closer_to_fp32_than_plain_bf16(tiny_hubert_dir, tmp_pat
     waves = [synthetic_clip(label, 0.8 + 0.3 * i, seed=i) for i, label in enumerate(labels)]
     fp32 = build_backbone(spec)
     reference = fp32.embed_batch(waves)
-    ours = build_backbone(spec, dtype="bf16", cache_dir=tmp_path).embed_batch(waves)
+    ours = build_backbone(spec, EncoderOptions(dtype="bf16", cache_dir=tmp_path)).embed_batch(waves)
 
     # Plain bf16: the whole model and its input cast to bf16.
     plain_model = fp32.readout.to(torch.bfloat16)

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 from support import synthetic_clip
 
-from shared.backbones import BackboneSpec, build_backbone
+from shared.backbones import BackboneSpec, EncoderOptions, build_backbone
 from shared.bundle import load_bundle
 from shared.constants import EMOTIONS
 from shared.predictor import Predictor
@@ -220,7 +220,7 @@ def test_tiny_hubert_on_the_real_cremad_sample(tmp_path, real_data, tiny_hubert_
     assert main(argv) == 0
     bundle = load_bundle(out / "cremad-hubert" / "1")
     assert bundle.manifest["training"]["corpus"]["n_utterances"] == 12
-    predictor = Predictor.from_bundle(bundle.path, local_files_only=True)
+    predictor = Predictor.from_bundle(bundle.path, EncoderOptions(offline=True))
     from shared.audio import decode_audio
 
     for path in sorted((real_data / "formats").iterdir()):

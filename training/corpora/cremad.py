@@ -53,7 +53,7 @@ from training.corpora.download import (
     looks_like_lfs_pointer,
 )
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 #: The official repository's Git LFS media for ``AudioWAV/`` (a file's URL is this + its name).
 CREMAD_MEDIA_URL = "https://media.githubusercontent.com/media/CheyneyComputerScience/CREMA-D/master/AudioWAV/"
@@ -398,7 +398,7 @@ def download_cremad(
         progress=progress,
         progress_desc="CREMA-D AudioWAV",
     )
-    logger.info(
+    log.info(
         "CREMA-D download into %s: %d downloaded, %d already present, %d failed",
         audio_dir,
         len(report.downloaded),

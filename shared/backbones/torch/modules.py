@@ -5,7 +5,7 @@ The torch backend runs these modules instead of transformers' ``HubertModel``: t
 checkpoints', and three things serving needs:
 
 - Memory. Importing transformers' model code brings in much of torch's compiler and distributed
-  stacks (about 110 MB of resident memory on HuBERT); this module needs none of it. Weights are read
+  stacks (see the README's speed section for the memory it costs); this module needs none of it. Weights are read
   tensor by tensor into their final precision, so loading never holds a second copy of the model.
 - Only the hidden states read are computed: the layers above are never built, and no hidden state is
   kept that the readout does not use.
@@ -19,9 +19,7 @@ why a config is not handled.
 
 from __future__ import annotations
 
-import json
-import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -29,24 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-#: Marker for "the model's last hidden state" (after the final layer norm, where the model has one).
-LAST_HIDDEN_STATE = -1
-
-_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
-
-
-def kept_layer_count(layers: Sequence[int], n_layers: int) -> int:
-    """How many transformer layers must run to produce hidden states ``layers`` (at least 1)."""
-    top = n_layers if LAST_HIDDEN_STATE in layers else max(layers)
-    return max(top, 1)
-
-
-def read_safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
-    """A safetensors file's JSON header and the offset where its tensor data starts."""
-    with path.open("rb") as f:
-        (size,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(size))
-    return header, 8 + size
+from shared.backbones.base import LAST_HIDDEN_STATE, kept_layer_count
+from shared.backbones.checkpoint import SafetensorsReader
 
 
 def unsupported_reason(config: Any) -> str | None:
@@ -69,6 +51,43 @@ def kernel_matrix(weight: torch.Tensor) -> torch.Tensor:
     """A ``Conv1d`` weight ``[C_out, C_in, k]`` laid out as ``[k * C_in, C_out]``, row ``j * C_in + c``:
     the matrix that multiplies the ``k`` input frames of an output frame, joined along channels."""
     return weight.detach().permute(2, 1, 0).reshape(-1, weight.shape[0]).contiguous()
+
+
+def time_major_conv(
+    x: torch.Tensor, matrix: torch.Tensor, kernel: int, stride: int, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """A 1-D convolution over time-major ``[B, T, C_in]`` input as one matrix product: ``[B, T', C_out]``.
+
+    Output frame t reads input frames ``t * stride`` to ``t * stride + kernel - 1``; joined along
+    channels they are the row that multiplies ``matrix`` (``kernel_matrix`` of the weight, in its
+    precision; the input is cast to it). In a contiguous ``[T, C_in]`` tensor those frames are
+    ``kernel * C_in`` consecutive values, so a strided view of overlapping rows, copied once, holds every
+    row at once. The ONNX exporter cannot write that view with a dynamic length: while exporting, the
+    rows are joined from ``kernel`` strided slices instead (the same values in the same order).
+    """
+    if torch.onnx.is_in_onnx_export():
+        taps = [x[:, j : (j - kernel + 1) or None : stride] for j in range(kernel)]
+        cols = torch.cat(taps, dim=2)
+    else:
+        x = x.contiguous()
+        batch, frames, channels = x.shape
+        out_frames = (frames - kernel) // stride + 1
+        cols = x.as_strided((batch, out_frames, kernel * channels), (frames * channels, stride * channels, 1))
+    y = torch.matmul(cols.to(matrix.dtype), matrix)
+    return y if bias is None else torch.add(y, bias)
+
+
+def per_utterance(run: Callable[[torch.Tensor], torch.Tensor], input_values: torch.Tensor) -> torch.Tensor:
+    """``run`` on each utterance of a ``[B, S]`` batch alone, results joined along the batch.
+
+    For a convolutional feature encoder, whose activations (512 channels at a fifth of the sample rate)
+    are the largest tensors of a forward pass: one utterance at a time keeps them in cache and out of
+    the peak, which then no longer grows with the batch. Its norms are per utterance, so the result is
+    the batched call's.
+    """
+    if input_values.shape[0] == 1:
+        return run(input_values)
+    return torch.cat([run(input_values[i : i + 1]) for i in range(input_values.shape[0])])
 
 
 class ConvLayer(nn.Module):
@@ -108,25 +127,15 @@ class ConvLayer(nn.Module):
         return F.gelu(x)
 
     def forward_time_major(self, x: torch.Tensor) -> torch.Tensor:
-        """The same layer over ``[B, T, C_in]`` (contiguous) to ``[B, T', C]``; per-frame norms only.
+        """The same layer over ``[B, T, C_in]`` to ``[B, T', C]`` (``time_major_conv``); per-frame norms only.
 
-        Output frame t reads input frames ``t * stride`` to ``t * stride + kernel - 1``: in a contiguous
-        ``[T, C_in]`` tensor these are ``kernel * C_in`` consecutive values, so a strided view of
-        overlapping rows, copied once, times the kernel laid out as ``[kernel * C_in, C]`` is the
-        convolution. The norm then acts on the last axis, with no transposes. The weight may be in half
-        precision (``precision.HalfWeightConv1d``): the product runs in it, the bias and the rest in the
-        input's precision.
+        The weight may be in half precision (``precision.HalfWeightConv1d``): the product runs in it, the
+        bias and the rest in the input's precision.
         """
         conv = self.conv
-        x = x.contiguous()
-        batch, frames, channels = x.shape
-        kernel, stride = int(conv.weight.shape[2]), int(conv.stride[0])
-        out_frames = (frames - kernel) // stride + 1
-        cols = x.as_strided((batch, out_frames, kernel * channels), (frames * channels, stride * channels, 1))
-        matrix = self._kernel_matrix()
-        y = torch.matmul(cols.to(matrix.dtype), matrix)
-        if conv.bias is not None:
-            y = torch.add(y, conv.bias)
+        y = time_major_conv(
+            x, self._kernel_matrix(), int(conv.weight.shape[2]), int(conv.stride[0]), conv.bias
+        )
         y = y.to(x.dtype)  # a half-weight product comes back to the activations' precision
         if self.layer_norm is not None:
             y = self.layer_norm(y)
@@ -153,8 +162,8 @@ class FeatureEncoder(nn.Module):
     run each utterance whole.
 
     Layer-norm encoders run each convolution as one matrix product over ``[B, T, C]``
-    (``ConvLayer.forward_time_major``): on HuBERT-large the front end then takes about a third less
-    time than with 1-D convolutions and their transposes for the norm, in fp32 and in bf16.
+    (``ConvLayer.forward_time_major``), faster than 1-D convolutions and their transposes for the norm,
+    in fp32 and in bf16.
     """
 
     def __init__(self, config: Any, chunk_frames: int = 50) -> None:
@@ -190,9 +199,7 @@ class FeatureEncoder(nn.Module):
         return torch.cat(pieces, dim=2)
 
     def forward(self, input_values: torch.Tensor) -> torch.Tensor:
-        if input_values.shape[0] == 1:
-            return self._one(input_values)
-        return torch.cat([self._one(input_values[i : i + 1]) for i in range(input_values.shape[0])])
+        return per_utterance(self._one, input_values)
 
 
 class FeatureProjection(nn.Module):
@@ -344,74 +351,6 @@ class SpeechEncoder(nn.Module):
             kept[LAST_HIDDEN_STATE] = encoder.layer_norm(x) if encoder.pre_norm else x
         states = [kept[i] for i in self.layers_read]
         return states[0] if len(states) == 1 else torch.stack(states).mean(dim=0)
-
-
-class SafetensorsReader:
-    """Tensors of safetensors files by the model's parameter names, each read into its own memory.
-
-    Names are matched as stored, or without a leading prefix (``hubert.``, ``wav2vec2.``, as fine-tuned
-    heads store them). Weight-norm pairs (``weight_g``/``weight_v`` or
-    ``parametrizations.weight.original0``/``original1``) are folded into a plain ``weight``; ``folded``
-    lists the names served that way.
-
-    Each tensor is read straight into a fresh torch buffer: one tensor in flight, never the whole file.
-    Not memory-mapped: resident memory would be the same, and a model that keeps no mapping does not
-    depend on its file staying in place (a cache folder may be cleared while the service runs).
-
-    Args:
-        files: safetensors files.
-    """
-
-    def __init__(self, files: Iterable[Path]) -> None:
-        self._entries: dict[str, tuple[Path, int, torch.dtype, list[int], int]] = {}
-        self.folded: set[str] = set()
-        for path in files:
-            header, start = read_safetensors_header(path)
-            for key, info in header.items():
-                if key == "__metadata__" or info["dtype"] not in _DTYPES:
-                    continue
-                begin, end = info["data_offsets"]
-                entry = (path, start + begin, _DTYPES[info["dtype"]], info["shape"], end - begin)
-                self._entries.setdefault(key, entry)
-                if "." in key:
-                    self._entries.setdefault(key.split(".", 1)[1], entry)
-
-    def _tensor(self, name: str) -> torch.Tensor | None:
-        entry = self._entries.get(name)
-        if entry is None:
-            return None
-        path, offset, dtype, shape, n_bytes = entry
-        raw = torch.empty(n_bytes, dtype=torch.uint8)
-        if n_bytes:
-            with path.open("rb") as f:
-                f.seek(offset)
-                if f.readinto(raw.numpy().data) != n_bytes:
-                    raise ValueError(f"{path} is truncated: {name!r} is incomplete")
-        return raw.view(dtype).view(shape)
-
-    def get(self, name: str) -> torch.Tensor | None:
-        """The tensor for parameter ``name`` (as stored: no dtype change), or None when absent."""
-        tensor = self._tensor(name)
-        if tensor is not None or not name.endswith(".weight"):
-            return tensor
-        stem = name[: -len(".weight")]
-        for g_name, v_name in (
-            (f"{stem}.weight_g", f"{stem}.weight_v"),
-            (f"{stem}.parametrizations.weight.original0", f"{stem}.parametrizations.weight.original1"),
-        ):
-            g, v = self._tensor(g_name), self._tensor(v_name)
-            if g is not None and v is not None:
-                self.folded.add(name)
-                return fold_weight_norm(g, v).to(v.dtype)
-        return None
-
-
-def fold_weight_norm(g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """``g * v / ||v||``, the norm taken over every dimension where ``g`` has size 1 (computed in fp32)."""
-    g, v = g.float(), v.float()
-    kept = [i for i, size in enumerate(g.shape) if size != 1]
-    others = [i for i in range(v.dim()) if i not in kept]
-    return v * (g / torch.linalg.vector_norm(v, dim=others, keepdim=True))
 
 
 def load_speech_encoder(

@@ -1,4 +1,4 @@
-"""``python -m service.benchmark --quick --model tiny`` runs end to end (every section, a real server
+"""``python -m benchmarks --quick --model tiny`` runs end to end (every section, a real server
 subprocess) and writes the JSON the full run writes. Its figures mean nothing on a tiny model; what is
 checked is that every measurement is there and that the facts that do not depend on speed hold."""
 
@@ -24,7 +24,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "SER_CACHE_DIR": str(folder / "cache")}
     env.pop("SER_TEST_DATA", None)  # generated clips: the test must not depend on the shared data
     done = subprocess.run(
-        [sys.executable, "-m", "service.benchmark", "--quick", "--model", "tiny", "--out", str(out)],
+        [sys.executable, "-m", "benchmarks", "--quick", "--model", "tiny", "--out", str(out)],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -109,7 +109,7 @@ def test_prediction_agreement_on_real_speech(real_data, tmp_path):
     out = tmp_path / "benchmark.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "SER_CACHE_DIR": str(tmp_path / "cache")}
     env["SER_TEST_DATA"] = str(real_data)
-    command = [sys.executable, "-m", "service.benchmark", "--quick", "--model", "tiny", "--skip-http"]
+    command = [sys.executable, "-m", "benchmarks", "--quick", "--model", "tiny", "--skip-http"]
     command += ["--variants", "torch-fp32,torch-bf16", "--seconds", "1", "--agreement-clips", "60"]
     done = subprocess.run(
         [*command, "--out", str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300

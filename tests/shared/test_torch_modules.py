@@ -1,4 +1,4 @@
-"""The plain-torch HuBERT / wav2vec 2.0 encoder (``shared.backbones.native``) against transformers' own,
+"""The plain-torch HuBERT / wav2vec 2.0 encoder (``shared.backbones.torch.modules``) against transformers' own,
 on tiny checkpoints whose every parameter (biases and norms included) is random."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 import torch
 from support import synthetic_clip
 
-from shared.backbones import BackboneSpec, build_backbone
+from shared.backbones import BackboneSpec, EncoderOptions, build_backbone
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -84,7 +84,9 @@ def waves() -> list[np.ndarray]:
 @pytest.mark.parametrize("layer", [None, 0, 1, 3])
 def test_every_hidden_state_matches_transformers(tmp_path, waves, kind, layer):
     folder = save_random(tmp_path / kind, kind)
-    backbone = build_backbone(BackboneSpec(kind="hubert", model=str(folder), layer=layer), max_batch_size=3)
+    backbone = build_backbone(
+        BackboneSpec(kind="hubert", model=str(folder), layer=layer), EncoderOptions(max_batch_size=3)
+    )
     assert backbone.native
     reference = transformers_states(folder, waves, backbone.do_normalize)
     expected = np.stack(
@@ -107,7 +109,9 @@ def test_a_layer_range_reads_the_mean_of_the_states(tmp_path, waves):
 
 def test_other_architectures_run_on_transformers(tmp_path, waves):
     folder = save_random(tmp_path / "wavlm", "wavlm")
-    backbone = build_backbone(BackboneSpec(kind="hubert", model=str(folder)), max_batch_size=3)
+    backbone = build_backbone(
+        BackboneSpec(kind="hubert", model=str(folder)), EncoderOptions(max_batch_size=3)
+    )
     assert not backbone.native
     expected = np.stack([last.mean(axis=0) for last, _ in transformers_states(folder, waves, normalize=True)])
     np.testing.assert_allclose(backbone.embed_batch(waves), expected, rtol=1e-4, atol=1e-5)
@@ -130,7 +134,7 @@ def test_pickled_weights_run_on_transformers(tmp_path, waves):
 def test_a_loaded_model_keeps_no_file_mapped(tmp_path, waves, dtype):
     folder = save_random(tmp_path / "m", "hubert-large")
     backbone = build_backbone(
-        BackboneSpec(kind="hubert", model=str(folder)), dtype=dtype, cache_dir=tmp_path / "c"
+        BackboneSpec(kind="hubert", model=str(folder)), EncoderOptions(dtype=dtype, cache_dir=tmp_path / "c")
     )
     before = backbone.embed_batch(waves)
     assert str(tmp_path) not in Path("/proc/self/maps").read_text()
@@ -147,9 +151,9 @@ def test_serving_a_supported_encoder_does_not_import_transformers_model_code(tmp
         f"""
         import sys
         import numpy as np
-        from shared.backbones import BackboneSpec, build_backbone
-        backbone = build_backbone(BackboneSpec(kind="hubert", model={str(folder)!r}), dtype="bf16",
-                                  cache_dir={str(tmp_path / "cache")!r})
+        from shared.backbones import BackboneSpec, EncoderOptions, build_backbone
+        backbone = build_backbone(BackboneSpec(kind="hubert", model={str(folder)!r}),
+                                  EncoderOptions(dtype="bf16", cache_dir={str(tmp_path / "cache")!r}))
         backbone.embed_batch([np.zeros(16000, dtype=np.float32)])
         heavy = set(["transformers.modeling_utils", "transformers.models.hubert.modeling_hubert"])
         print(sorted(heavy & set(sys.modules)))
@@ -184,7 +188,7 @@ def test_the_feature_encoder_in_pieces_equals_the_whole(tmp_path):
 def test_the_time_major_feature_encoder_is_the_convolution_stack(conv_bias):
     from transformers import HubertConfig
 
-    from shared.backbones.native import FeatureEncoder
+    from shared.backbones.torch.modules import FeatureEncoder
 
     config = HubertConfig(**TINY, feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=conv_bias)
     torch.manual_seed(3)
@@ -216,19 +220,19 @@ def test_the_time_major_feature_encoder_is_the_convolution_stack(conv_bias):
 
 
 def test_both_model_codes_keep_their_own_corrected_parameters_in_one_cache(tmp_path, waves, monkeypatch):
-    from shared.backbones import hubert
+    from shared.backbones.torch import encoder as torch_encoder
 
     folder = save_random(tmp_path / "m", "hubert-large")
     spec = BackboneSpec(kind="hubert", model=str(folder))
-    native = build_backbone(spec, dtype="bf16", cache_dir=tmp_path / "c")
+    native = build_backbone(spec, EncoderOptions(dtype="bf16", cache_dir=tmp_path / "c"))
     (entry,) = (tmp_path / "c" / "weights").iterdir()
-    ours = entry / hubert.FULL_PRECISION_FILE
+    ours = entry / torch_encoder.FULL_PRECISION_FILE
     written = ours.stat().st_mtime_ns
     with monkeypatch.context() as patch:
-        patch.setattr(hubert, "unsupported_reason", lambda config: "forced for the test")
-        other = build_backbone(spec, dtype="bf16", cache_dir=tmp_path / "c")
-    assert not other.native and (entry / hubert.FULL_PRECISION_FILE_TRANSFORMERS).is_file()
-    again = build_backbone(spec, dtype="bf16", cache_dir=tmp_path / "c")
+        patch.setattr(torch_encoder, "unsupported_reason", lambda config: "forced for the test")
+        other = build_backbone(spec, EncoderOptions(dtype="bf16", cache_dir=tmp_path / "c"))
+    assert not other.native and (entry / torch_encoder.FULL_PRECISION_FILE_TRANSFORMERS).is_file()
+    again = build_backbone(spec, EncoderOptions(dtype="bf16", cache_dir=tmp_path / "c"))
     assert again.native and ours.stat().st_mtime_ns == written
     np.testing.assert_array_equal(again.embed_batch(waves), native.embed_batch(waves))
     # The same computation either way, up to bf16 rounding of the activations' order of operations.

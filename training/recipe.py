@@ -1,0 +1,289 @@
+"""The training recipe: from a corpus to a verified, versioned bundle.
+
+``train_bundle`` runs the whole recipe (prepare the corpus, optionally sweep layers, embed with the
+cache, cross-validate, fit on everything, report, save); ``fit_bundle`` is its last step on embeddings
+already in hand, and is how every bundle is made (the benchmark and the tests build theirs with it), so the
+manifest's backbone record is written in one place.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shared.backbones import Backbone, BackboneSpec, EncoderOptions, build_backbone
+from shared.bundle import save_bundle
+from training.corpora import Corpus, prepare_corpus
+from training.embeddings import ExtractionResult, extract_embeddings
+from training.evaluation import EvaluationError, confusion_png, cross_validate, report_markdown
+from training.pipeline import DEFAULT_PCA_COMPONENTS, make_pipeline
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HUBERT = "facebook/hubert-large-ll60k"
+#: The metrics of each protocol that go into a bundle's manifest (the report has them all).
+MANIFEST_METRICS = ("folds", "accuracy", "unweighted_accuracy", "macro_f1")
+
+
+@dataclass(frozen=True)
+class TrainingRecipe:
+    """What to train: the corpus, the backbone, the evaluation, the classifier and where the bundle goes.
+
+    Attributes:
+        corpus: ``cremad``, ``ravdess`` or ``csv``; ``data_dir`` its folder (for ``csv``: the CSV file).
+        backbone: ``hubert`` (any Hugging Face speech encoder: ``model`` at ``revision``) or ``egemaps``.
+        layer, layer_end, pooling: which hidden state(s) to pool, and how (see ``BackboneSpec``).
+        layers: sweep these layers by speaker-grouped UA and keep the best (``hubert`` only).
+        folds, random_cv, seed: the cross-validation (speaker-grouped always; random beside it).
+        pca_components, svm_c: the classifier.
+        name, version: the bundle's (defaults ``<corpus>-<backbone>`` and a UTC timestamp).
+        out: the artifacts root; ``embedding_cache`` the embedding cache (default ``<out>/.cache``).
+        progress: show a progress bar while embedding.
+    """
+
+    corpus: str
+    data_dir: Path
+    backbone: str = "hubert"
+    model: str = DEFAULT_HUBERT
+    revision: str | None = None
+    layer: int | None = None
+    layer_end: int | None = None
+    layers: tuple[int, ...] = ()
+    pooling: str = "mean"
+    folds: int = 5
+    random_cv: bool = True
+    seed: int = 0
+    pca_components: int = DEFAULT_PCA_COMPONENTS
+    svm_c: float = 1.0
+    name: str | None = None
+    version: str | None = None
+    out: Path = Path("artifacts")
+    embedding_cache: Path | None = None
+    progress: bool = True
+
+    def spec(self, layer: int | None) -> BackboneSpec:
+        """The backbone spec reading ``layer`` (``egemaps`` has no layers)."""
+        if self.backbone == "egemaps":
+            return BackboneSpec(kind="egemaps")
+        return BackboneSpec(
+            kind="hubert",
+            model=str(self.model),
+            revision=self.revision,
+            layer=layer,
+            layer_end=self.layer_end,
+            pooling=self.pooling,
+        )
+
+    @property
+    def pipeline_options(self) -> dict[str, Any]:
+        return {"pca_components": self.pca_components, "C": self.svm_c}
+
+
+@dataclass
+class TrainingResult:
+    """A trained bundle: its folder and the report written into it."""
+
+    folder: Path
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def backbone_record(backbone: Backbone) -> dict[str, Any]:
+    """The manifest's record of the backbone: its spec, embedding size, precision and fingerprint."""
+    return {**backbone.spec.to_dict(), "dim": backbone.dim, "dtype": backbone.dtype, **backbone.fingerprint}
+
+
+def fit_bundle(
+    embeddings: np.ndarray,
+    labels: Sequence[str],
+    backbone: Backbone,
+    artifacts: Path,
+    *,
+    name: str,
+    version: str,
+    training: dict[str, Any],
+    metrics: dict[str, Any] | None = None,
+    pipeline_options: dict[str, Any] | None = None,
+    seed: int = 0,
+    extra_files: dict[str, bytes] | None = None,
+) -> Path:
+    """Fit the classifier on all of ``embeddings`` ``[n, d]`` and write the bundle; returns its folder.
+
+    Raises:
+        ValueError: an emotion has fewer than 2 clips. BundleError: the bundle cannot be written.
+    """
+    counts = {label: list(labels).count(label) for label in set(labels)}
+    pipeline = make_pipeline(
+        len(embeddings),
+        embeddings.shape[1],
+        min_class_count=min(counts.values()) if counts else 0,
+        seed=seed,
+        **(pipeline_options or {}),
+    )
+    pipeline.fit(embeddings, np.asarray(labels))
+    return save_bundle(
+        artifacts,
+        name=name,
+        version=version,
+        pipeline=pipeline,
+        backbone=backbone_record(backbone),
+        training=training,
+        metrics=metrics or {},
+        extra_files=extra_files,
+    )
+
+
+def _embed(
+    recipe: TrainingRecipe, spec: BackboneSpec, corpus: Corpus, encoder: EncoderOptions
+) -> tuple[Backbone, ExtractionResult]:
+    backbone = build_backbone(spec, encoder)
+    result = extract_embeddings(
+        [u.path for u in corpus.utterances],
+        backbone,
+        cache_dir=recipe.embedding_cache or recipe.out / ".cache",
+        batch_size=encoder.max_batch_size,
+        progress=recipe.progress,
+    )
+    return backbone, result
+
+
+def _sweep_layers(
+    recipe: TrainingRecipe, corpus: Corpus, encoder: EncoderOptions
+) -> tuple[int | None, list[dict[str, Any]]]:
+    """The layer with the best speaker-grouped UA among ``recipe.layers``, and each layer's figures."""
+    if not recipe.layers or recipe.backbone != "hubert":
+        return recipe.layer, []
+    sweep: list[dict[str, Any]] = []
+    best: tuple[int, float] | None = None
+    for layer in recipe.layers:
+        _, res = _embed(recipe, recipe.spec(layer), corpus, encoder)
+        cv = cross_validate(
+            res.embeddings,
+            [corpus.utterances[i].label for i in res.ok],
+            [corpus.utterances[i].speaker for i in res.ok],
+            folds=recipe.folds,
+            seed=recipe.seed,
+            pipeline_options=recipe.pipeline_options,
+        )
+        m = cv.metrics()
+        sweep.append(
+            {"layer": layer, "unweighted_accuracy": m["unweighted_accuracy"], "accuracy": m["accuracy"]}
+        )
+        log.info("layer %d: speaker-grouped UA %.3f", layer, m["unweighted_accuracy"])
+        if best is None or m["unweighted_accuracy"] > best[1]:
+            best = (layer, m["unweighted_accuracy"])
+    assert best is not None
+    log.info("chose layer %d", best[0])
+    return best[0], sweep
+
+
+def _evaluate(
+    recipe: TrainingRecipe, corpus: Corpus, x: np.ndarray, labels: list[str], speakers: list[str]
+) -> tuple[dict[str, Any], str | None]:
+    """Each protocol's cross-validated metrics, and why any was skipped."""
+    evaluation: dict[str, Any] = {}
+    skipped = None
+    protocols = ["speaker_grouped"] + (["random"] if recipe.random_cv else [])
+    if not corpus.speaker_known:
+        protocols = [p for p in protocols if p != "speaker_grouped"]
+        skipped = "speakers unknown (no 'speaker' column): speaker-grouped cross-validation is impossible"
+    try:
+        for protocol in protocols:
+            cv = cross_validate(
+                x,
+                labels,
+                speakers,
+                protocol=protocol,
+                folds=recipe.folds,
+                seed=recipe.seed,
+                pipeline_options=recipe.pipeline_options,
+            )
+            m = evaluation[protocol] = cv.metrics()
+            log.info(
+                "%s %d-fold CV: accuracy %.3f, unweighted accuracy %.3f, macro F1 %.3f",
+                protocol,
+                m["folds"],
+                m["accuracy"],
+                m["unweighted_accuracy"],
+                m["macro_f1"],
+            )
+    except EvaluationError as exc:
+        skipped = str(exc)
+        log.warning("cross-validation skipped: %s", exc)
+    return evaluation, skipped
+
+
+def train_bundle(recipe: TrainingRecipe, encoder: EncoderOptions | None = None) -> TrainingResult:
+    """The whole recipe; returns the new bundle's folder and its report.
+
+    Raises:
+        SERError: the corpus is refused, the encoder cannot be loaded, or the bundle cannot be written.
+    """
+    encoder = encoder or EncoderOptions()
+    corpus = prepare_corpus(recipe.corpus, recipe.data_dir)
+    summary = corpus.summary()
+    log.info("corpus %s: %d clips, %d speakers", corpus.name, summary["n_utterances"], summary["n_speakers"])
+
+    chosen_layer, sweep = _sweep_layers(recipe, corpus, encoder)
+    backbone, res = _embed(recipe, recipe.spec(chosen_layer), corpus, encoder)
+    used = [corpus.utterances[i] for i in res.ok]
+    labels = [u.label for u in used]
+    speakers = [u.speaker for u in used]
+    evaluation, skipped = _evaluate(recipe, corpus, res.embeddings, labels, speakers)
+
+    name = recipe.name or f"{recipe.corpus}-{recipe.backbone}"
+    version = recipe.version or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    headline = evaluation.get("speaker_grouped") or evaluation.get("random")
+    metrics = {key: {k: v for k, v in m.items() if k in MANIFEST_METRICS} for key, m in evaluation.items()}
+    if headline:
+        metrics["headline"] = headline["protocol"]
+    paths = [u.path for u in corpus.utterances]
+    report = {
+        "name": name,
+        "version": version,
+        "data": summary,
+        "failed": len(res.failed),
+        "failed_files": [{"path": str(paths[i]), "reason": reason} for i, reason in res.failed],
+        "backbone": backbone_record(backbone),
+        "evaluation": evaluation,
+        "layer_sweep": sweep,
+        "evaluation_skipped": skipped,
+        "seed": recipe.seed,
+        "pipeline": recipe.pipeline_options,
+    }
+    extra = {
+        "report.json": (json.dumps(report, indent=2) + "\n").encode(),
+        "report.md": report_markdown(report).encode(),
+    }
+    if headline:
+        title = (
+            f"{name}: {headline['protocol'].replace('_', '-')} {headline['folds']}-fold CV, "
+            f"UA {headline['unweighted_accuracy']:.3f}"
+        )
+        extra["confusion_matrix.png"] = confusion_png(headline, title)
+    folder = fit_bundle(
+        res.embeddings,
+        labels,
+        backbone,
+        recipe.out,
+        name=name,
+        version=version,
+        training={
+            "corpus": summary,
+            "n_used": len(used),
+            "failed": len(res.failed),
+            "protocol": "speaker-grouped stratified k-fold CV (headline); random stratified k-fold beside it",
+            "seed": recipe.seed,
+        },
+        metrics=metrics,
+        pipeline_options=recipe.pipeline_options,
+        seed=recipe.seed,
+        extra_files=extra,
+    )
+    return TrainingResult(folder=folder, report=report)
