@@ -12,6 +12,7 @@ from support import relative_error, synthetic_clip
 from torch import nn
 
 from shared.backbones import BackboneSpec, EncoderOptions, build_backbone
+from shared.backbones.torch import precision
 from shared.backbones.torch.precision import (
     CheckpointTensors,
     HalfWeightConv1d,
@@ -33,6 +34,28 @@ class Layers(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, 8, T] -> [B, T', 6]
         return self.linear(self.norm(self.conv(x).transpose(1, 2)))
+
+
+def test_a_convolution_the_half_kernel_gets_wrong_keeps_fp32_weights(monkeypatch, caplog):
+    torch.manual_seed(0)
+    model = Layers().eval()
+    sound = precision.half_conv_error(
+        model.conv, HalfWeightConv1d(model.conv, model.conv.weight.bfloat16(), torch.zeros(12))
+    )
+    assert sound < precision.HALF_KERNEL_TOLERANCE  # rounding alone
+    x = torch.randn(2, 8, 40)
+    with torch.inference_mode():
+        expected = model(x)
+    monkeypatch.setattr(precision, "half_conv_error", lambda conv, half: 1.1)  # as a broken kernel measures
+    with caplog.at_level("WARNING", logger="shared.backbones.torch.precision"):
+        replaced, _ = convert_to_half_weights(model, torch.bfloat16)
+    assert set(replaced) == {"linear"}
+    assert isinstance(model.conv, nn.Conv1d) and model.conv.weight.dtype == torch.float32
+    assert (
+        "computes conv wrong on this machine" in caplog.text and "keeping its weights in fp32" in caplog.text
+    )
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), expected, rtol=0.05, atol=0.05)
 
 
 def save_checkpoint(model: nn.Module, path: Path, prefix: str = "") -> Path:

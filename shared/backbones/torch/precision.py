@@ -67,6 +67,27 @@ class HalfWeightConv1d(nn.Module):
 
 HalfWeightModule = HalfWeightLinear | HalfWeightConv1d
 
+#: A half-precision convolution further than this from the fp32 convolution of the same rounded weights
+#: (relative to its output) is a kernel that gets the shape wrong: rounding alone stays near 2^-8.
+HALF_KERNEL_TOLERANCE = 0.05
+
+
+def half_conv_error(conv: nn.Conv1d, half: HalfWeightConv1d) -> float:
+    """How far ``half`` is from an fp32 convolution with its own (rounded) weights, on a random probe.
+
+    Some CPU kernels compute some shapes wrong in bf16 (grouped convolutions with few channels per group
+    on AMX, for one), and nothing else would tell.
+    """
+    generator = torch.Generator().manual_seed(0)
+    frames = max(64, 4 * int(conv.kernel_size[0]))
+    x = torch.randn(1, conv.in_channels, frames, generator=generator).to(half.weight.device)
+    with torch.no_grad():
+        got = half(x)
+        want = F.conv1d(
+            x, half.weight.float(), half.bias, half.stride, half.padding, half.dilation, half.groups
+        )
+    return float((got - want).norm() / want.norm().clamp_min(1e-12))
+
 
 def convert_to_half_weights(
     model: nn.Module, dtype: torch.dtype
@@ -75,7 +96,8 @@ def convert_to_half_weights(
 
     Weight-norm parametrisations are folded into a plain weight first (the encoder is frozen, so the
     norm need not be recomputed on every call). Modules without a bias get a zero fp32 bias, which
-    ``correct_biases`` may fill.
+    ``correct_biases`` may fill. A convolution that this machine's half-precision kernel computes wrong
+    (``half_conv_error`` over ``HALF_KERNEL_TOLERANCE``) keeps an fp32 weight, with a warning.
 
     Returns:
         the replaced modules by name, and the names of the weights that came from folding (their
@@ -97,11 +119,21 @@ def convert_to_half_weights(
             out_features = weight.shape[0]
             bias = child.bias.detach() if child.bias is not None else torch.zeros(out_features)
             bias = bias.to(device=weight.device, dtype=torch.float32)
-            half: HalfWeightModule = (
-                HalfWeightLinear(weight, bias)
-                if isinstance(child, nn.Linear)
-                else HalfWeightConv1d(child, weight, bias)
-            )
+            half: HalfWeightModule
+            if isinstance(child, nn.Linear):
+                half = HalfWeightLinear(weight, bias)
+            else:
+                half = HalfWeightConv1d(child, weight, bias)
+                error = half_conv_error(child, half)
+                if error > HALF_KERNEL_TOLERANCE:
+                    log.warning(
+                        "the %s convolution kernel computes %s wrong on this machine (relative error %.2g): "
+                        "keeping its weights in fp32",
+                        str(dtype).removeprefix("torch."),
+                        name,
+                        error,
+                    )
+                    continue
             setattr(parent, child_name, half)
             replaced[name] = half
     for module in model.modules():
