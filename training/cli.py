@@ -2,6 +2,7 @@
 
 Commands:
     run              prepare a corpus, embed it (cached), cross-validate, fit on everything, write a bundle
+    evaluate         score an existing bundle on a labelled corpus, without training: report and PNGs
     prepare          check a corpus and print its summary
     download-cremad  fetch the 7,442 CREMA-D WAV files, verified against the shipped checksums
 """
@@ -27,6 +28,19 @@ def _layers(text: str) -> list[int]:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"--layers takes comma-separated integers, got {text!r}") from exc
+
+
+def _add_encoder_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags ``encoder_from_args`` reads."""
+    parser.add_argument(
+        "--model-cache",
+        type=Path,
+        default=os.environ.get("SER_CACHE_DIR") or None,
+        help="derived model files: half-precision weight copies (default $SER_CACHE_DIR, else ~/.cache/ser)",
+    )
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16", "auto"))
+    parser.add_argument("--batch-size", type=int, default=8)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,16 +75,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=Path("artifacts"), help="artifacts root (default ./artifacts)"
     )
     run.add_argument("--cache-dir", type=Path, default=None, help="embedding cache (default <out>/.cache)")
-    run.add_argument(
-        "--model-cache",
-        type=Path,
-        default=os.environ.get("SER_CACHE_DIR") or None,
-        help="derived model files: half-precision weight copies (default $SER_CACHE_DIR, else ~/.cache/ser)",
-    )
-    run.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    run.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16", "auto"))
-    run.add_argument("--batch-size", type=int, default=8)
+    _add_encoder_flags(run)
     run.add_argument("--no-progress", action="store_true")
+
+    ev = sub.add_parser("evaluate", help="score an existing bundle on a labelled corpus, without training")
+    ev.add_argument(
+        "--bundle", required=True, type=Path, help="a bundle folder, <name> folder or artifacts root"
+    )
+    ev.add_argument("--corpus", required=True, choices=("cremad", "ravdess", "csv"))
+    ev.add_argument(
+        "--data-dir", required=True, type=Path, help="the corpus folder (for --corpus csv: the CSV file)"
+    )
+    ev.add_argument("--out", required=True, type=Path, help="folder for report.json, report.md and the PNGs")
+    ev.add_argument("--cache-dir", type=Path, default=None, help="embedding cache (default <out>/.cache)")
+    _add_encoder_flags(ev)
+    ev.add_argument("--no-progress", action="store_true")
 
     prep = sub.add_parser("prepare", help="check a corpus and print its summary as JSON")
     prep.add_argument("--corpus", required=True, choices=("cremad", "ravdess", "csv"))
@@ -112,7 +131,7 @@ def recipe_from_args(args: argparse.Namespace) -> TrainingRecipe:
 
 
 def encoder_from_args(args: argparse.Namespace) -> EncoderOptions:
-    """The ``run`` command's encoder flags as ``EncoderOptions``."""
+    """The encoder flags (``_add_encoder_flags``) as ``EncoderOptions``."""
     return EncoderOptions(
         device=args.device, dtype=args.dtype, max_batch_size=args.batch_size, cache_dir=args.model_cache
     )
@@ -138,6 +157,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             run(args)
+        elif args.command == "evaluate":
+            from training.evaluation import evaluation_markdown
+            from training.recipe import evaluate_bundle
+
+            scores = evaluate_bundle(
+                args.bundle,
+                args.corpus,
+                args.data_dir,
+                args.out,
+                encoder_from_args(args),
+                embedding_cache=args.cache_dir,
+                progress=not args.no_progress,
+            )
+            print(evaluation_markdown(scores))
+            print(f"report written to {args.out}")
         elif args.command == "prepare":
             from training.corpora import prepare_corpus
 

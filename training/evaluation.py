@@ -1,9 +1,14 @@
-"""Cross-validation and reports.
+"""Cross-validation, scores of probabilities, and reports.
 
 The headline protocol is speaker-grouped stratified k-fold: no speaker is ever on both sides of a
 split, so the figures say how the model does on voices it has never heard. The random stratified
 k-fold of the design document is computed beside it to show how much speaker leakage inflates
 accuracy; it is never the headline.
+
+Besides the decisions, every evaluation scores the probabilities (``probability_scores``): expected
+calibration error over 15 equal-width confidence bins, negative log-likelihood and the multi-class
+Brier score, with the reliability diagram (``reliability_png``); and it reports ``prediction_share``,
+the share of predictions going to each emotion, which shows a classifier that has collapsed onto one.
 """
 
 from __future__ import annotations
@@ -32,6 +37,10 @@ from training.pipeline import make_pipeline
 log = logging.getLogger(__name__)
 
 PROTOCOLS = ("speaker_grouped", "random")
+#: Equal-width confidence bins of the expected calibration error and the reliability diagram.
+CALIBRATION_BINS = 15
+#: Probabilities are clipped to this before the log in the negative log-likelihood.
+NLL_FLOOR = 1e-12
 
 
 class EvaluationError(ValueError):
@@ -46,6 +55,8 @@ class CVResult:
     folds: int
     y_true: list[str]
     y_pred: list[str]
+    #: out-of-fold probabilities ``[n, 6]`` in ``EMOTIONS`` order.
+    proba: list[list[float]]
     fold_accuracy: list[float]
     fold_uar: list[float]
     notes: list[str] = field(default_factory=list)
@@ -53,39 +64,88 @@ class CVResult:
     test_speakers: list[list[str]] = field(default_factory=list)
 
     def metrics(self) -> dict[str, Any]:
-        """Accuracy, unweighted accuracy (balanced), macro F1, per-class P/R/F1 and the confusion matrix."""
-        y_true, y_pred = np.array(self.y_true), np.array(self.y_pred)
-        precision, recall, f1, support = precision_recall_fscore_support(
-            y_true, y_pred, labels=list(EMOTIONS), zero_division=0
-        )
+        """``classification_metrics`` of the out-of-fold predictions, with the protocol and the folds."""
         return {
             "protocol": self.protocol,
             "folds": self.folds,
-            "n": len(y_true),
-            "accuracy": float(accuracy_score(y_true, y_pred)),
-            "unweighted_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
-            "macro_f1": float(
-                f1_score(y_true, y_pred, labels=list(EMOTIONS), average="macro", zero_division=0)
-            ),
+            **classification_metrics(self.y_true, self.y_pred, np.asarray(self.proba)),
             "fold_accuracy_mean": float(np.mean(self.fold_accuracy)),
             "fold_accuracy_std": float(np.std(self.fold_accuracy)),
             "fold_unweighted_accuracy_mean": float(np.mean(self.fold_uar)),
             "fold_unweighted_accuracy_std": float(np.std(self.fold_uar)),
-            "per_class": {
-                label: {
-                    "precision": float(precision[i]),
-                    "recall": float(recall[i]),
-                    "f1": float(f1[i]),
-                    "support": int(support[i]),
-                }
-                for i, label in enumerate(EMOTIONS)
-            },
-            "confusion_matrix": {
-                "labels": list(EMOTIONS),
-                "matrix": confusion_matrix(y_true, y_pred, labels=list(EMOTIONS)).tolist(),
-            },
             "notes": list(self.notes),
         }
+
+
+def probability_scores(y_true: Sequence[str], proba: np.ndarray) -> dict[str, Any]:
+    """How good probabilities ``[n, 6]`` (``EMOTIONS`` order) are for the true labels.
+
+    - ``ece``: expected calibration error, the support-weighted mean gap between confidence (the top
+      probability) and accuracy over ``CALIBRATION_BINS`` equal-width confidence bins;
+    - ``nll``: the mean negative log-likelihood of the true emotion (probabilities floored at 1e-12);
+    - ``brier``: the mean squared distance between the probabilities and the one-hot truth, summed over
+      the six emotions (0 is perfect; always answering 1/6 each scores 5/6);
+    - ``reliability``: each bin's range, count, mean confidence and accuracy (the diagram's data).
+    """
+    p = np.asarray(proba, dtype=np.float64).reshape(len(y_true), len(EMOTIONS))
+    truth = np.array([EMOTIONS.index(label) for label in y_true])
+    onehot = np.eye(len(EMOTIONS))[truth]
+    confidence = p.max(axis=1)
+    correct = p.argmax(axis=1) == truth
+    edges = np.linspace(0.0, 1.0, CALIBRATION_BINS + 1)
+    # Bin k holds confidences in (edge_k, edge_k+1]; a confidence of exactly 0 goes to the first.
+    which = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, CALIBRATION_BINS - 1)
+    bins, ece = [], 0.0
+    for k in range(CALIBRATION_BINS):
+        members = which == k
+        count = int(members.sum())
+        entry: dict[str, Any] = {"low": float(edges[k]), "high": float(edges[k + 1]), "count": count}
+        if count:
+            entry["confidence"] = float(confidence[members].mean())
+            entry["accuracy"] = float(correct[members].mean())
+            ece += count / len(truth) * abs(entry["confidence"] - entry["accuracy"])
+        bins.append(entry)
+    return {
+        "ece": float(ece),
+        "nll": float(-np.mean(np.log(np.clip(p[np.arange(len(truth)), truth], NLL_FLOOR, 1.0)))),
+        "brier": float(np.mean(np.sum((p - onehot) ** 2, axis=1))),
+        "mean_confidence": float(confidence.mean()),
+        "reliability": bins,
+    }
+
+
+def classification_metrics(
+    y_true: Sequence[str], y_pred: Sequence[str], proba: np.ndarray | None = None
+) -> dict[str, Any]:
+    """Accuracy, unweighted accuracy (balanced), macro F1, per-class P/R/F1, the confusion matrix, the
+    share of predictions per emotion, and (given probabilities ``[n, 6]``) ``probability_scores``."""
+    t, pr = np.array(y_true), np.array(y_pred)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        t, pr, labels=list(EMOTIONS), zero_division=0
+    )
+    out: dict[str, Any] = {
+        "n": len(t),
+        "accuracy": float(accuracy_score(t, pr)),
+        "unweighted_accuracy": float(balanced_accuracy_score(t, pr)),
+        "macro_f1": float(f1_score(t, pr, labels=list(EMOTIONS), average="macro", zero_division=0)),
+        "per_class": {
+            label: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
+            for i, label in enumerate(EMOTIONS)
+        },
+        "confusion_matrix": {
+            "labels": list(EMOTIONS),
+            "matrix": confusion_matrix(t, pr, labels=list(EMOTIONS)).tolist(),
+        },
+        "prediction_share": {label: float(np.mean(pr == label)) if len(pr) else 0.0 for label in EMOTIONS},
+    }
+    if proba is not None:
+        out.update(probability_scores(list(y_true), proba))
+    return out
 
 
 def _splits(
@@ -147,6 +207,7 @@ def cross_validate(
     x = sanitize_features(x)
     splits, folds, notes = _splits(protocol, y, groups, folds, seed)
     y_pred = np.empty(len(y), dtype=object)
+    proba = np.zeros((len(y), len(EMOTIONS)))
     fold_acc, fold_uar, test_speakers = [], [], []
     for train, test in splits:
         if protocol == "speaker_grouped":
@@ -168,8 +229,11 @@ def cross_validate(
             **(pipeline_options or {}),
         )
         model.fit(x[train], y[train])
-        pred = model.predict(x[test])
+        columns = [list(model.classes_).index(label) for label in EMOTIONS]
+        fold_proba = model.predict_proba(x[test])[:, columns]
+        pred = np.asarray(EMOTIONS)[fold_proba.argmax(axis=1)]
         y_pred[test] = pred
+        proba[test] = fold_proba
         fold_acc.append(float(accuracy_score(y[test], pred)))
         fold_uar.append(float(balanced_accuracy_score(y[test], pred)))
     return CVResult(
@@ -177,6 +241,7 @@ def cross_validate(
         folds=folds,
         y_true=y.tolist(),
         y_pred=[str(p) for p in y_pred],
+        proba=proba.tolist(),
         fold_accuracy=fold_acc,
         fold_uar=fold_uar,
         notes=notes,
@@ -220,6 +285,48 @@ def confusion_png(metrics: dict[str, Any], title: str) -> bytes:
     return buf.getvalue()
 
 
+def reliability_png(metrics: dict[str, Any], title: str) -> bytes:
+    """The reliability diagram of ``probability_scores``: accuracy against confidence per bin, the
+    diagonal of perfect calibration, and how many predictions each bin holds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bins = [b for b in metrics["reliability"] if b["count"]]
+    fig, (ax, counts) = plt.subplots(
+        2, 1, figsize=(5.6, 6.0), dpi=110, sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    width = 1.0 / CALIBRATION_BINS
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
+    ax.bar(
+        [b["low"] for b in bins],
+        [b["accuracy"] for b in bins],
+        width=width,
+        align="edge",
+        edgecolor="navy",
+        color="cornflowerblue",
+        label="accuracy",
+    )
+    ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o", color="navy", markersize=3)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.set_title(
+        f"{title}\nECE {metrics['ece']:.3f}, NLL {metrics['nll']:.3f}, Brier {metrics['brier']:.3f}",
+        fontsize=9,
+    )
+    ax.legend(loc="upper left", fontsize=8)
+    counts.bar([b["low"] for b in bins], [b["count"] for b in bins], width=width, align="edge", color="grey")
+    counts.set_xlabel("confidence (top probability)")
+    counts.set_ylabel("predictions")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def _pct(value: float) -> str:
     return f"{100 * value:.1f}%"
 
@@ -240,8 +347,8 @@ def report_markdown(report: dict[str, Any]) -> str:
     lines += [
         "## Results",
         "",
-        "| protocol | folds | accuracy | unweighted accuracy | macro F1 |",
-        "|---|---|---|---|---|",
+        "| protocol | folds | accuracy | unweighted accuracy | macro F1 | ECE | NLL | Brier |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for m in (grouped, rand):
         if m:
@@ -251,7 +358,8 @@ def report_markdown(report: dict[str, Any]) -> str:
                 else "random split (leaks speakers)"
             )
             lines.append(
-                f"| {name} | {m['folds']} | {_pct(m['accuracy'])} | {_pct(m['unweighted_accuracy'])} | {_pct(m['macro_f1'])} |"
+                f"| {name} | {m['folds']} | {_pct(m['accuracy'])} | {_pct(m['unweighted_accuracy'])} | "
+                f"{_pct(m['macro_f1'])} | {m['ece']:.3f} | {m['nll']:.3f} | {m['brier']:.3f} |"
             )
     if grouped and rand:
         gap = rand["unweighted_accuracy"] - grouped["unweighted_accuracy"]
@@ -263,14 +371,19 @@ def report_markdown(report: dict[str, Any]) -> str:
     if grouped:
         lines += [
             "",
+            "ECE is the expected calibration error over 15 confidence bins (see reliability.png); NLL the "
+            "mean negative log-likelihood of the true emotion; Brier the mean squared error of the six "
+            "probabilities.",
+            "",
             "## Per emotion (speaker-grouped)",
             "",
-            "| emotion | precision | recall | F1 | clips |",
-            "|---|---|---|---|---|",
+            "| emotion | precision | recall | F1 | clips | share of predictions |",
+            "|---|---|---|---|---|---|",
         ]
         for label, m in grouped["per_class"].items():
             lines.append(
-                f"| {label} | {_pct(m['precision'])} | {_pct(m['recall'])} | {_pct(m['f1'])} | {m['support']} |"
+                f"| {label} | {_pct(m['precision'])} | {_pct(m['recall'])} | {_pct(m['f1'])} | {m['support']} "
+                f"| {_pct(grouped['prediction_share'][label])} |"
             )
         for note in grouped.get("notes", []):
             lines.append(f"\nNote: {note}")
@@ -287,4 +400,30 @@ def report_markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {row['layer']}{mark} | {_pct(row['unweighted_accuracy'])} |")
     if report.get("evaluation_skipped"):
         lines += ["", f"Cross-validation skipped: {report['evaluation_skipped']}"]
+    return "\n".join(lines) + "\n"
+
+
+def evaluation_markdown(report: dict[str, Any]) -> str:
+    """A readable report of ``training.recipe.evaluate_bundle``: the data, the scores, per emotion."""
+    data = report["data"]
+    lines = [
+        f"# {report['bundle']['name']} {report['bundle']['version']} on {data['name']}",
+        "",
+        f"- data: {data['n_utterances']} clips, {data['n_speakers']} speakers; failed to decode or embed: "
+        f"{report['failed']}",
+        f"- backbone: {json.dumps(report['backbone'], sort_keys=True)}, served in {report['serving_dtype']}",
+        "",
+        "| clips | accuracy | unweighted accuracy | macro F1 | ECE | NLL | Brier |",
+        "|---|---|---|---|---|---|---|",
+        f"| {report['n']} | {_pct(report['accuracy'])} | {_pct(report['unweighted_accuracy'])} | "
+        f"{_pct(report['macro_f1'])} | {report['ece']:.3f} | {report['nll']:.3f} | {report['brier']:.3f} |",
+        "",
+        "| emotion | recall | precision | clips | share of predictions |",
+        "|---|---|---|---|---|",
+    ]
+    for label, m in report["per_class"].items():
+        lines.append(
+            f"| {label} | {_pct(m['recall'])} | {_pct(m['precision'])} | {m['support']} | "
+            f"{_pct(report['prediction_share'][label])} |"
+        )
     return "\n".join(lines) + "\n"

@@ -16,7 +16,7 @@ from shared.constants import EMOTIONS
 from shared.predictor import Predictor
 from training.cli import main
 from training.embeddings import EmbeddingCache, backbone_cache_key, extract_embeddings
-from training.evaluation import EvaluationError, cross_validate
+from training.evaluation import EvaluationError, classification_metrics, cross_validate, probability_scores
 
 RAVDESS_CODES = {"neutral": "01", "happy": "03", "sad": "04", "angry": "05", "fear": "06", "disgust": "07"}
 
@@ -107,6 +107,57 @@ def test_grouped_cv_never_puts_a_speaker_on_both_sides():
     assert np.array(metrics["confusion_matrix"]["matrix"]).sum() == len(labels)
 
 
+def test_probability_scores_on_cases_worked_by_hand():
+    labels = ["happy", "sad", "happy", "angry"]
+    onehot = np.eye(6)[[EMOTIONS.index(label) for label in labels]]
+    perfect = probability_scores(labels, onehot)
+    assert perfect["ece"] == 0 and perfect["brier"] == 0 and perfect["nll"] == pytest.approx(0, abs=1e-9)
+    uniform = probability_scores(labels, np.full((4, 6), 1 / 6))
+    assert uniform["brier"] == pytest.approx(5 / 6) and uniform["nll"] == pytest.approx(np.log(6))
+    # Two confident answers, one right and one wrong (confidence 0.9, accuracy 0.5: a gap of 0.4), and two
+    # hesitant right ones at 0.5 (gap 0.5): ECE = 0.5 * 0.4 + 0.5 * 0.5.
+    p = np.full((4, 6), 0.02)
+    p[0, EMOTIONS.index("happy")] = p[1, EMOTIONS.index("happy")] = 0.9
+    p[2, EMOTIONS.index("happy")] = p[3, EMOTIONS.index("angry")] = 0.5
+    p[2:, :] = np.where(p[2:] == 0.02, 0.1, p[2:])
+    scores = probability_scores(labels, p)
+    assert scores["ece"] == pytest.approx(0.5 * 0.4 + 0.5 * 0.5)
+    occupied = [b for b in scores["reliability"] if b["count"]]
+    assert len(scores["reliability"]) == 15 and [b["count"] for b in occupied] == [2, 2]
+    assert occupied[1]["accuracy"] == 0.5 and occupied[1]["confidence"] == pytest.approx(0.9)
+
+
+def test_a_collapsed_classifier_shows_in_the_prediction_share():
+    truth = [label for label in EMOTIONS for _ in range(5)]
+    metrics = classification_metrics(truth, ["disgust"] * len(truth))
+    assert metrics["prediction_share"]["disgust"] == 1.0 and metrics["unweighted_accuracy"] == pytest.approx(
+        1 / 6
+    )
+    assert "ece" not in metrics  # without probabilities there is nothing to calibrate
+
+
+def test_evaluate_scores_a_bundle_on_a_corpus_without_training(tmp_path, corpus_dir, capsys):
+    out = tmp_path / "artifacts"
+    train = ["run", "--corpus", "ravdess", "--data-dir", str(corpus_dir), "--backbone", "egemaps"]
+    assert main([*train, "--out", str(out), "--version", "1", "--no-progress", "--no-random-cv"]) == 0
+    report_dir = tmp_path / "evaluation"
+    argv = ["evaluate", "--bundle", str(out), "--corpus", "ravdess", "--data-dir", str(corpus_dir)]
+    assert main([*argv, "--out", str(report_dir), "--no-progress"]) == 0
+    report = json.loads((report_dir / "report.json").read_text())
+    assert report["bundle"]["name"] == "ravdess-egemaps" and report["n"] == 88 and report["failed"] == 0
+    for key in ("ua", "accuracy", "macro_f1", "ece", "nll", "brier", "per_class", "confusion_matrix"):
+        assert key in report, key
+    assert report["ua"] == report["unweighted_accuracy"] > 0.9  # its own training data
+    assert sum(report["prediction_share"].values()) == pytest.approx(1.0)
+    for png in ("confusion_matrix.png", "reliability.png"):
+        assert (report_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "share of predictions" in (report_dir / "report.md").read_text()
+    assert "report written to" in capsys.readouterr().out
+    missing = ["evaluate", "--bundle", str(tmp_path / "none"), "--corpus", "ravdess"]
+    assert main([*missing, "--data-dir", str(corpus_dir), "--out", str(report_dir)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
 def test_fewer_speakers_than_folds_uses_one_fold_per_speaker():
     rng = np.random.default_rng(1)
     labels = [label for label in EMOTIONS for _ in range(9)]
@@ -145,8 +196,13 @@ def test_run_writes_a_bundle_that_loads_and_predicts(tmp_path, corpus_dir, capsy
         "report.json",
         "report.md",
         "confusion_matrix.png",
+        "reliability.png",
     }
     assert (bundle.path / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (bundle.path / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert 0 <= grouped["ece"] <= 1 and grouped["nll"] > 0 and 0 <= grouped["brier"] <= 2
+    assert sum(grouped["prediction_share"].values()) == pytest.approx(1.0)
+    assert {"ece", "nll", "brier"} <= set(bundle.manifest["metrics"]["speaker_grouped"])
     assert "speaker-grouped (headline)" in (bundle.path / "report.md").read_text()
     assert bundle.manifest["metrics"]["headline"] == "speaker_grouped"
     assert bundle.manifest["training"]["corpus"]["n_utterances"] == 88
