@@ -20,6 +20,7 @@ from typing import Any
 
 from shared.backbones import BACKBONE_KINDS, EncoderOptions
 from shared.errors import SERError
+from shared.loudness import DEFAULT_LEVEL_DBFS
 from training.recipe import DEFAULT_HUBERT, TrainingRecipe
 
 
@@ -62,6 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--layers", type=_layers, default=None, help="sweep these layers (comma-separated) and keep the best"
     )
     run.add_argument("--pooling", default="mean", choices=("mean", "mean+std"))
+    run.add_argument(
+        "--level-dbfs",
+        type=float,
+        default=DEFAULT_LEVEL_DBFS,
+        help=f"scale each clip so its active speech sits at this level before the backbone, in training and "
+        f"serving alike (default {DEFAULT_LEVEL_DBFS:g})",
+    )
+    run.add_argument("--no-level", action="store_true", help="leave the clips' level as recorded")
+    run.add_argument(
+        "--trim-silence", action="store_true", help="drop each clip's leading and trailing silence first"
+    )
     run.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
     run.add_argument("--no-random-cv", action="store_true", help="skip the random-split comparison")
     run.add_argument("--seed", type=int, default=0)
@@ -117,6 +129,8 @@ def recipe_from_args(args: argparse.Namespace) -> TrainingRecipe:
         layer_end=args.layer_end,
         layers=tuple(args.layers or ()),
         pooling=args.pooling,
+        level_dbfs=None if args.no_level else args.level_dbfs,
+        trim_silence=args.trim_silence,
         folds=args.folds,
         random_cv=not args.no_random_cv,
         seed=args.seed,

@@ -22,6 +22,7 @@ import numpy as np
 from shared.backbones import Backbone, BackboneSpec, EncoderOptions, build_backbone
 from shared.bundle import save_bundle
 from shared.constants import EMOTIONS
+from shared.loudness import DEFAULT_LEVEL_DBFS
 from shared.predictor import Predictor
 from training.corpora import Corpus, prepare_corpus
 from training.embeddings import ExtractionResult, extract_embeddings
@@ -51,6 +52,8 @@ class TrainingRecipe:
         corpus: ``cremad``, ``ravdess`` or ``csv``; ``data_dir`` its folder (for ``csv``: the CSV file).
         backbone: ``hubert`` (any Hugging Face speech encoder: ``model`` at ``revision``) or ``egemaps``.
         layer, layer_end, pooling: which hidden state(s) to pool, and how (see ``BackboneSpec``).
+        level_dbfs, trim_silence: the input normalisation recorded in the spec (``shared.loudness``);
+            ``level_dbfs=None`` turns the level normalisation off.
         layers: sweep these layers by speaker-grouped UA and keep the best (``hubert`` only).
         folds, random_cv, seed: the cross-validation (speaker-grouped always; random beside it).
         pca_components, svm_c: the classifier.
@@ -68,6 +71,8 @@ class TrainingRecipe:
     layer_end: int | None = None
     layers: tuple[int, ...] = ()
     pooling: str = "mean"
+    level_dbfs: float | None = DEFAULT_LEVEL_DBFS
+    trim_silence: bool = False
     folds: int = 5
     random_cv: bool = True
     seed: int = 0
@@ -82,7 +87,7 @@ class TrainingRecipe:
     def spec(self, layer: int | None) -> BackboneSpec:
         """The backbone spec reading ``layer`` (``egemaps`` has no layers)."""
         if self.backbone == "egemaps":
-            return BackboneSpec(kind="egemaps")
+            return BackboneSpec(kind="egemaps", level_dbfs=self.level_dbfs, trim_silence=self.trim_silence)
         return BackboneSpec(
             kind="hubert",
             model=str(self.model),
@@ -90,6 +95,8 @@ class TrainingRecipe:
             layer=layer,
             layer_end=self.layer_end,
             pooling=self.pooling,
+            level_dbfs=self.level_dbfs,
+            trim_silence=self.trim_silence,
         )
 
     @property

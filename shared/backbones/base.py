@@ -18,6 +18,7 @@ import numpy as np
 
 from shared.constants import SAMPLE_RATE
 from shared.errors import BackboneError
+from shared.loudness import prepare_input
 
 BACKBONE_KINDS = ("hubert", "egemaps")
 POOLINGS = ("mean", "mean+std")
@@ -41,6 +42,9 @@ class BackboneSpec:
         layer_end: when set, the embedding is the mean of the hidden states ``layer..layer_end`` (inclusive).
         pooling: ``"mean"`` over valid frames, or ``"mean+std"`` (the dimension doubles).
         sample_rate: input rate in Hz; always 16 kHz for the supported encoders.
+        level_dbfs: when set, each utterance is scaled so that its active frames sit at this level
+            (``shared.loudness.normalize_level``) before the backbone sees it; ``None`` leaves it as is.
+        trim_silence: drop each utterance's leading and trailing inactive frames first.
     """
 
     kind: str
@@ -50,6 +54,8 @@ class BackboneSpec:
     layer_end: int | None = None
     pooling: str = "mean"
     sample_rate: int = SAMPLE_RATE
+    level_dbfs: float | None = None
+    trim_silence: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in BACKBONE_KINDS:
@@ -60,6 +66,8 @@ class BackboneSpec:
             raise BackboneError("a 'hubert' backbone needs a model: a Hugging Face hub id or a local folder")
         if self.layer_end is not None and self.layer is None:
             raise BackboneError("layer_end needs layer: a layer range is layer..layer_end")
+        if self.level_dbfs is not None and not -60.0 <= self.level_dbfs <= -3.0:
+            raise BackboneError(f"level_dbfs must be between -60 and -3 dBFS, got {self.level_dbfs}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,9 +77,19 @@ class BackboneSpec:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
+    def prepare(self, waveform: np.ndarray) -> np.ndarray:
+        """The input normalisation this spec records, applied to one waveform (float32 ``[n_samples]``)."""
+        return prepare_input(waveform, self.level_dbfs, self.trim_silence)
+
     def cache_key(self, *, dtype: str = "fp32", extra: dict[str, Any] | None = None) -> str:
-        """A stable hex digest of everything that changes the embeddings (used by the embedding cache)."""
+        """A stable hex digest of everything that changes the embeddings (used by the embedding cache).
+
+        Input normalisation left off is not part of it, so caches written before it existed stay valid.
+        """
         payload = {**self.to_dict(), "dtype": dtype, **(extra or {})}
+        for name, off in (("level_dbfs", None), ("trim_silence", False)):
+            if payload.get(name) == off:
+                payload.pop(name)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

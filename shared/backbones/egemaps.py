@@ -44,7 +44,7 @@ class EgemapsBackbone:
         """Embed mono float32 16 kHz waveforms; returns float32 ``[n, 88]`` (may hold NaN for degenerate input)."""
         out = np.empty((len(waveforms), self.dim), dtype=np.float32)
         for i, wave in enumerate(waveforms):
-            signal = np.asarray(wave, dtype=np.float32).reshape(-1)
+            signal = self.spec.prepare(wave)
             if signal.shape[0] < SAMPLE_RATE // 10:
                 raise BackboneError(
                     f"audio of {signal.shape[0]} samples is too short for eGeMAPS (needs 0.1 s)"

@@ -84,7 +84,7 @@ class PooledSpeechEncoder:
             BackboneError: a waveform is shorter than one encoder frame.
         """
         out = np.zeros((len(waveforms), self.dim), dtype=np.float32)
-        prepared = [self._normalize(np.asarray(w, dtype=np.float32).reshape(-1)) for w in waveforms]
+        prepared = [self._normalize(self.spec.prepare(w)) for w in waveforms]
         short = [i for i, w in enumerate(prepared) if w.shape[0] <= self.window_samples]
         long = [i for i, w in enumerate(prepared) if w.shape[0] > self.window_samples]
         # Sorting by length keeps padding small inside each batch.
@@ -105,12 +105,13 @@ class PooledSpeechEncoder:
     # -- the FrameEncoder interface --------------------------------------------------------------------
 
     def encode_frames(self, waveform: np.ndarray) -> HiddenStates:
-        """The hidden states of one waveform, normalised and windowed as ``embed_batch`` does.
+        """The hidden states of one waveform, normalised and windowed as ``embed_batch`` does (with
+        ``spec.trim_silence`` the frames' ``starts`` count from the trimmed input's first sample).
 
         Raises:
             BackboneError: the waveform is shorter than one encoder frame.
         """
-        wave = self._normalize(np.asarray(waveform, dtype=np.float32).reshape(-1))
+        wave = self._normalize(self.spec.prepare(waveform))
         frames, starts = [], []
         for offset, window_frames in self._windows(wave):
             frames.append(window_frames)
