@@ -1,8 +1,9 @@
 """Realistic channel changes for the robustness benchmark: what a recording goes through on its way to us.
 
-Each condition takes a clean mono float32 16 kHz waveform and returns what the service would decode from
-the changed recording (codecs and the telephone line go through real encoders and then the project's own
-decoder, ``shared.audio.load_audio``):
+Each condition takes a clean mono float32 16 kHz waveform and returns the changed recording as the
+service would see it: codecs and the telephone line go through real encoders and then the project's own
+decoder (``shared.audio.load_audio``); gain, noise and the room are applied to the samples, clipped at
+full scale as a decoder would clip them:
 
 | condition | what |
 |---|---|

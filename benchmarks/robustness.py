@@ -6,9 +6,8 @@ noise, a room), through the serving predictor. Each variant (``--variants``) is 
 input normalisation the spec records, so a remedy's effect is its row against the ``raw`` row. The 12 real
 CREMA-D clips of ``$SER_TEST_DATA/cremad_sample`` are scored too, as a small check on another corpus.
 
-Per variant and condition it reports UA, accuracy, ECE, the largest share of predictions one emotion takes
-(a collapsed classifier puts most of them in one), and, where predictions carry an ``uncertain`` flag,
-the share flagged. It writes JSON (``--out``) and prints a table. Needs ``SER_TEST_DATA`` (the shared data
+Per variant and condition it reports UA, accuracy, ECE, NLL, Brier and the largest share of predictions
+one emotion takes (a collapsed classifier puts most of them in one). It writes JSON (``--out``) and prints a table. Needs ``SER_TEST_DATA`` (the shared data
 folder); eGeMAPS by default, any speech encoder with ``--backbone hubert --model ID_OR_FOLDER``.
 """
 
@@ -48,13 +47,10 @@ TRAIN_ACTORS = range(1, 17)
 
 
 def score(predictor: Predictor, waves: Sequence[np.ndarray], labels: Sequence[str]) -> dict[str, Any]:
-    """Scores of ``predictor`` on ``waves``: UA, accuracy, ECE, NLL, Brier, prediction shares, uncertain."""
+    """Scores of ``predictor`` on ``waves``: UA, accuracy, ECE, NLL, Brier and the prediction shares."""
     predictions = predictor.classify(predictor.embed_batch(waves))
     proba = np.array([[p.probabilities[label] for label in EMOTIONS] for p in predictions])
     m = classification_metrics(labels, [p.label for p in predictions], proba)
-    flagged = [bool(getattr(p, "uncertain", False)) for p in predictions]
-    confident = [p.label for p, f in zip(predictions, flagged, strict=True) if not f]
-    shares = {label: confident.count(label) / max(1, len(confident)) for label in EMOTIONS}
     return {
         "n": m["n"],
         "ua": m["unweighted_accuracy"],
@@ -64,8 +60,6 @@ def score(predictor: Predictor, waves: Sequence[np.ndarray], labels: Sequence[st
         "brier": m["brier"],
         "prediction_share": m["prediction_share"],
         "largest_share": max(m["prediction_share"].values()),
-        "largest_share_not_uncertain": max(shares.values()),
-        "uncertain_rate": float(np.mean(flagged)) if flagged else 0.0,
     }
 
 
@@ -91,7 +85,7 @@ def run(args: argparse.Namespace, say: Any) -> dict[str, Any]:
     test_labels = [u.label for u in test]
     cremad = Path(data) / "cremad_sample"
     other = prepare_corpus("cremad", cremad) if cremad.is_dir() else None
-    encoder = EncoderOptions(device="cpu", dtype=args.dtype, offline=True)
+    encoder = EncoderOptions(device="cpu", dtype=args.dtype, cache_dir=args.model_cache)
     result: dict[str, Any] = {
         "command": " ".join(["python -m benchmarks.robustness", *args.argv]),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -182,6 +176,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help=f"from {', '.join(CONDITIONS)} (default: all)",
     )
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "auto"))
+    parser.add_argument(
+        "--model-cache",
+        type=Path,
+        default=os.environ.get("SER_CACHE_DIR") or None,
+        help="derived model files of a speech encoder (default $SER_CACHE_DIR, else ~/.cache/ser)",
+    )
     parser.add_argument(
         "--cache-dir",
         type=Path,

@@ -73,8 +73,8 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if engine.bundle_dir is None:
-            engine.bundle_dir = resolve_bundle_dir(settings.bundle)
+        # Found again on every start (the newest version under an artifacts root), unless given.
+        engine.bundle_dir = bundle_dir or resolve_bundle_dir(settings.bundle)
         log.info("starting; bundle %s", engine.bundle_dir)
         loading = asyncio.create_task(engine.start(), name="ser-load-model")
         try:

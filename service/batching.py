@@ -134,6 +134,12 @@ class MicroBatcher:
         """Waveforms waiting for the model (not counting the batch being run)."""
         return len(self._pending)
 
+    @property
+    def admitted(self) -> int:
+        """Waveforms admitted and not yet taken into a batch: reserved (being decoded) or waiting; what
+        ``queue_depth`` bounds."""
+        return len(self._pending) + self._reserved
+
     def check_capacity(self, n: int = 1) -> None:
         """Raise now if ``n`` more waveforms would not be admitted (reserved ones count as admitted).
 

@@ -166,7 +166,7 @@ class InferenceEngine:
         description = self.description = predictor.describe()
         self.batcher = batcher
         self.metrics.track_queue(
-            lambda: float(self.batcher.queue_size if self.batcher else 0), self.settings.queue_depth
+            lambda: float(self.batcher.admitted if self.batcher else 0), self.settings.queue_depth
         )
         self.metrics.model_info.info(
             {

@@ -155,29 +155,31 @@ def error_body(error: str, error_type: str) -> dict[str, str]:
     return {"error": error, "error_type": error_type}
 
 
-def render_error(exc: BaseException) -> tuple[int, dict[str, str]]:
+def render_error(exc: BaseException, where: str = "") -> tuple[int, dict[str, str]]:
     """The status and JSON body of any exception, for a whole reply or one item of a batch.
 
     Domain and service errors keep their message and ``error_type``; anything else is logged with its
-    traceback and answered as a bare 500 ``internal_error``.
+    traceback (``where`` says what was being handled) and answered as a bare 500 ``internal_error``.
     """
     if isinstance(exc, SERError):
         status = status_for(exc)
         if status >= 500 and not isinstance(exc, RetryableError):
             log.error("%s: %s", exc.error_type, exc.message)
         return status, error_body(exc.message, exc.error_type)
-    log.error("unexpected %s", type(exc).__name__, exc_info=exc)
+    log.error(
+        "unexpected %s%s", type(exc).__name__, f" while handling {where}" if where else "", exc_info=exc
+    )
     return 500, error_body(INTERNAL_ERROR, "internal_error")
 
 
-def error_response(exc: BaseException, *, retry_after_s: int = 1) -> JSONResponse:
+def error_response(exc: BaseException, *, retry_after_s: int = 1, where: str = "") -> JSONResponse:
     """The JSON reply for an exception (``render_error``); retryable ones carry ``Retry-After``."""
     headers = None
     if isinstance(exc, RetryableError):
         headers = {"Retry-After": str(retry_after_s)}
     elif isinstance(exc, UnauthorizedError):
         headers = {"WWW-Authenticate": 'ApiKey header="X-API-Key"'}
-    status, body = render_error(exc)
+    status, body = render_error(exc, where)
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -194,7 +196,8 @@ def install_error_handlers(app: FastAPI, *, retry_after_s: int = 1) -> None:
     """Register handlers so that every error reply has the ``{"error", "error_type"}`` shape."""
 
     async def on_error(request: Request, exc: Exception) -> JSONResponse:
-        return error_response(exc, retry_after_s=retry_after_s)
+        where = f"{request.method} {request.url.path}"
+        return error_response(exc, retry_after_s=retry_after_s, where=where)
 
     async def on_http_exception(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)

@@ -57,8 +57,10 @@ class ServiceMetrics:
         self.batch_latency = Histogram(
             "ser_batch_inference_seconds", "Time of one model call", buckets=_LATENCY_BUCKETS, registry=r
         )
-        self.queue_depth = Gauge("ser_queue_depth", "Utterances waiting for the model", registry=r)
-        self.queue_capacity = Gauge("ser_queue_capacity", "Most utterances allowed to wait", registry=r)
+        self.queue_depth = Gauge(
+            "ser_queue_depth", "Utterances admitted for the model: being decoded or waiting", registry=r
+        )
+        self.queue_capacity = Gauge("ser_queue_capacity", "Most utterances admitted at once", registry=r)
         self.ready = Gauge("ser_model_ready", "1 once the model is loaded and warmed up", registry=r)
         self.model_info = Info("ser_model", "The bundle being served", registry=r)
 

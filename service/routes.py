@@ -410,7 +410,7 @@ async def predict_batch(request: Request, engine: EngineDep, metrics: MetricsDep
                 )
             )
             continue
-        status, body = render_error(outcome)
+        status, body = render_error(outcome, f"{endpoint} item {index}")
         error = ErrorBody(**body)
         metrics.predictions.labels(endpoint, error.error_type).inc()
         items.append(BatchItem(index=index, filename=filename, ok=False, status=status, error=error))

@@ -143,7 +143,8 @@ class ServiceSettings(BaseSettings):
     queue_depth: int = Field(
         default=64,
         ge=1,
-        description="Most utterances waiting for the model; beyond it requests get 503 with Retry-After "
+        description="Most utterances admitted for the model at once, whether still being decoded or waiting; "
+        "a request whose utterances do not all fit gets 503 with Retry-After before anything is decoded, "
         "instead of queueing.",
     )
     worker_threads: int = Field(

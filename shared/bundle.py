@@ -19,7 +19,12 @@ when it is read, is not a skops archive of trusted types.
 
 Format versions: ``FORMAT_VERSION`` is bumped when a manifest field is added that a loader must
 understand, or when a field changes meaning. A loader accepts every version from 1 up to its own
-and refuses newer ones. Optional, purely informative fields may be added without a bump.
+and refuses newer ones. Optional, purely informative fields may be added without a bump. A bundle is
+written with the lowest version that holds it, so older services keep loading what they can serve:
+
+- 1: the first format;
+- 2: the backbone record may ask for input normalisation (``level_dbfs``, ``trim_silence``), which a
+  loader must apply; a bundle without it is still written as version 1.
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ from shared.errors import (
     BundleNotFoundError,
 )
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 CLASSIFIER = "classifier.skops"
 CLASSIFIER_ARRAYS = "classifier.npz"
@@ -127,6 +132,12 @@ class Bundle:
     def embedding_dtype(self) -> str:
         """The precision that produced the training embeddings."""
         return str(self.manifest["backbone"].get("dtype", "fp32"))
+
+
+def format_version_for(backbone: dict[str, Any]) -> int:
+    """The lowest format version that holds a bundle with this backbone record (see the module doc)."""
+    normalises = backbone.get("level_dbfs") is not None or bool(backbone.get("trim_silence"))
+    return 2 if normalises else 1
 
 
 def sha256_file(path: Path) -> str:
@@ -205,7 +216,7 @@ def save_bundle(
             if p.is_file()
         }
         manifest = {
-            "format_version": FORMAT_VERSION,
+            "format_version": format_version_for(backbone),
             "name": name,
             "version": version,
             "labels": list(labels),

@@ -63,14 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--layers", type=_layers, default=None, help="sweep these layers (comma-separated) and keep the best"
     )
     run.add_argument("--pooling", default="mean", choices=("mean", "mean+std"))
-    run.add_argument(
+    level = run.add_mutually_exclusive_group()
+    level.add_argument(
         "--level-dbfs",
         type=float,
         default=DEFAULT_LEVEL_DBFS,
         help=f"scale each clip so its active speech sits at this level before the backbone, in training and "
         f"serving alike (default {DEFAULT_LEVEL_DBFS:g})",
     )
-    run.add_argument("--no-level", action="store_true", help="leave the clips' level as recorded")
+    level.add_argument("--no-level", action="store_true", help="leave the clips' level as recorded")
     run.add_argument(
         "--trim-silence", action="store_true", help="drop each clip's leading and trailing silence first"
     )

@@ -24,7 +24,7 @@ from shared.bundle import save_bundle
 from shared.constants import EMOTIONS
 from shared.loudness import DEFAULT_LEVEL_DBFS
 from shared.predictor import Predictor
-from training.corpora import Corpus, prepare_corpus
+from training.corpora import Corpus, CorpusError, prepare_corpus
 from training.embeddings import ExtractionResult, extract_embeddings
 from training.evaluation import (
     EvaluationError,
@@ -244,6 +244,7 @@ def train_bundle(recipe: TrainingRecipe, encoder: EncoderOptions | None = None) 
         SERError: the corpus is refused, the encoder cannot be loaded, or the bundle cannot be written.
     """
     encoder = encoder or EncoderOptions()
+    recipe.spec(recipe.layer)  # a spec the flags cannot make fails now, before the corpus is read
     corpus = prepare_corpus(recipe.corpus, recipe.data_dir)
     summary = corpus.summary()
     log.info("corpus %s: %d clips, %d speakers", corpus.name, summary["n_utterances"], summary["n_speakers"])
@@ -337,6 +338,11 @@ def evaluate_bundle(
         batch_size=(encoder or EncoderOptions()).max_batch_size,
         progress=progress,
     )
+    if not result.ok:
+        raise CorpusError(
+            f"none of the {len(corpus.utterances)} clips of {corpus.name} could be decoded and embedded "
+            f"(first failure: {result.failed[0][1] if result.failed else 'none'})"
+        )
     used = [corpus.utterances[i] for i in result.ok]
     predictions = predictor.classify(result.embeddings)
     proba = np.array([[p.probabilities[label] for label in EMOTIONS] for p in predictions])

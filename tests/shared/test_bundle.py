@@ -93,7 +93,7 @@ def test_round_trip(tmp_path, fitted):
     assert (bundle.name, bundle.version, bundle.labels) == ("demo", "1", EMOTIONS)
     assert bundle.backbone_spec == BackboneSpec(kind="egemaps")
     manifest = bundle.manifest
-    assert manifest["format_version"] == FORMAT_VERSION
+    assert manifest["format_version"] == 1 < FORMAT_VERSION  # the lowest version that holds it
     assert set(manifest["files"]) == {CLASSIFIER, CLASSIFIER_ARRAYS, "report.md"}
     assert manifest["classifier"]["arrays"] == CLASSIFIER_ARRAYS
     assert manifest["files"][CLASSIFIER]["sha256"] == sha256_file(folder / CLASSIFIER)
@@ -184,6 +184,17 @@ def test_a_different_label_set_is_refused(tmp_path, fitted):
     rewrite_manifest(bundle, labels=["neutral", "happy", "sad", "angry", "fear", "surprise"])
     with pytest.raises(BundleLabelError, match="not the six emotions"):
         load_bundle(bundle)
+
+
+def test_a_bundle_that_asks_for_input_normalisation_is_written_as_format_2(tmp_path, fitted):
+    pipeline, _ = fitted
+    spec = BackboneSpec(kind="egemaps", level_dbfs=-26.0)
+    folder = save_bundle(
+        tmp_path, name="levelled", version="1", pipeline=pipeline, backbone={**spec.to_dict(), "dim": 10}
+    )
+    bundle = load_bundle(folder)
+    assert bundle.manifest["format_version"] == 2 == FORMAT_VERSION
+    assert bundle.backbone_spec.level_dbfs == -26.0  # an older loader (up to 1) refuses it: "upgrade"
 
 
 def test_a_newer_format_version_is_refused(tmp_path, fitted):
