@@ -175,7 +175,7 @@ def _ints(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part.strip()]
 
 
-def _names(text: str) -> list[str]:
+def comma_names(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
@@ -195,7 +195,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--variants",
-        type=_names,
+        type=comma_names,
         default=None,
         help=f"comma-separated, from {', '.join(ALL_VARIANTS)} (default: all available)",
     )
@@ -226,7 +226,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-http", action="store_true", help="leave out the HTTP measurements")
     parser.add_argument(
         "--http-variants",
-        type=_names,
+        type=comma_names,
         default=None,
         help="variants served over HTTP (default: the default variant)",
     )

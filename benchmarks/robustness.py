@@ -26,14 +26,14 @@ from typing import Any
 import numpy as np
 
 from benchmarks.channels import CONDITIONS, apply_condition
+from benchmarks.cli import comma_names
 from shared.audio import decode_audio
 from shared.backbones import BackboneSpec, EncoderOptions, build_backbone
-from shared.constants import EMOTIONS
 from shared.loudness import DEFAULT_LEVEL_DBFS
 from shared.predictor import Predictor
 from training.corpora import Utterance, prepare_corpus
 from training.embeddings import extract_embeddings
-from training.evaluation import classification_metrics
+from training.evaluation import prediction_metrics
 from training.recipe import fit_bundle
 
 DEFAULT_OUT = Path("bench-results/robustness.json")
@@ -48,9 +48,7 @@ TRAIN_ACTORS = range(1, 17)
 
 def score(predictor: Predictor, waves: Sequence[np.ndarray], labels: Sequence[str]) -> dict[str, Any]:
     """Scores of ``predictor`` on ``waves``: UA, accuracy, ECE, NLL, Brier and the prediction shares."""
-    predictions = predictor.classify(predictor.embed_batch(waves))
-    proba = np.array([[p.probabilities[label] for label in EMOTIONS] for p in predictions])
-    m = classification_metrics(labels, [p.label for p in predictions], proba)
+    m = prediction_metrics(labels, predictor.classify(predictor.embed_batch(waves)))
     return {
         "n": m["n"],
         "ua": m["unweighted_accuracy"],
@@ -153,10 +151,6 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _names(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.robustness",
@@ -167,11 +161,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--model", default=None, help="the speech encoder (hub id or folder) for --backbone hubert"
     )
     parser.add_argument(
-        "--variants", type=_names, default=list(VARIANTS), help=f"from {', '.join(VARIANTS)} (default: all)"
+        "--variants",
+        type=comma_names,
+        default=list(VARIANTS),
+        help=f"from {', '.join(VARIANTS)} (default: all)",
     )
     parser.add_argument(
         "--conditions",
-        type=_names,
+        type=comma_names,
         default=list(CONDITIONS),
         help=f"from {', '.join(CONDITIONS)} (default: all)",
     )

@@ -31,7 +31,7 @@ from sklearn.metrics import (
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from shared.constants import EMOTIONS
-from shared.predictor import sanitize_features
+from shared.predictor import Prediction, sanitize_features
 from training.pipeline import make_pipeline
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,12 @@ def probability_scores(y_true: Sequence[str], proba: np.ndarray) -> dict[str, An
         "mean_confidence": float(confidence.mean()),
         "reliability": bins,
     }
+
+
+def prediction_metrics(y_true: Sequence[str], predictions: Sequence[Prediction]) -> dict[str, Any]:
+    """``classification_metrics`` of the predictor's own outputs (labels and probabilities)."""
+    proba = np.array([[p.probabilities[label] for label in EMOTIONS] for p in predictions])
+    return classification_metrics(y_true, [p.label for p in predictions], proba)
 
 
 def classification_metrics(

@@ -21,17 +21,16 @@ import numpy as np
 
 from shared.backbones import Backbone, BackboneSpec, EncoderOptions, build_backbone
 from shared.bundle import save_bundle
-from shared.constants import EMOTIONS
 from shared.loudness import DEFAULT_LEVEL_DBFS
 from shared.predictor import Predictor
 from training.corpora import Corpus, CorpusError, prepare_corpus
 from training.embeddings import ExtractionResult, extract_embeddings
 from training.evaluation import (
     EvaluationError,
-    classification_metrics,
     confusion_png,
     cross_validate,
     evaluation_markdown,
+    prediction_metrics,
     reliability_png,
     report_markdown,
 )
@@ -345,7 +344,6 @@ def evaluate_bundle(
         )
     used = [corpus.utterances[i] for i in result.ok]
     predictions = predictor.classify(result.embeddings)
-    proba = np.array([[p.probabilities[label] for label in EMOTIONS] for p in predictions])
     description = predictor.describe()
     report: dict[str, Any] = {
         "bundle": {"name": description.name, "version": description.version, "path": description.path},
@@ -354,7 +352,7 @@ def evaluate_bundle(
         "data": corpus.summary(),
         "failed": len(result.failed),
         "failed_files": [{"path": str(corpus.utterances[i].path), "reason": why} for i, why in result.failed],
-        **classification_metrics([u.label for u in used], [p.label for p in predictions], proba),
+        **prediction_metrics([u.label for u in used], predictions),
     }
     report["ua"] = report["unweighted_accuracy"]  # the field's usual name in emotion-recognition papers
     out.mkdir(parents=True, exist_ok=True)
