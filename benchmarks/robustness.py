@@ -6,8 +6,11 @@ noise, a room), through the serving predictor. Each variant (``--variants``) is 
 input normalisation the spec records, so a remedy's effect is its row against the ``raw`` row. The 12 real
 CREMA-D clips of ``$SER_TEST_DATA/cremad_sample`` are scored too, as a small check on another corpus.
 
-Per variant and condition it reports UA, accuracy, ECE, NLL, Brier and the largest share of predictions
-one emotion takes (a collapsed classifier puts most of them in one). It writes JSON (``--out``) and prints a table. Needs ``SER_TEST_DATA`` (the shared data
+Per variant and condition it reports UA, accuracy, ECE, NLL, Brier, the share of predictions flagged
+uncertain (out of distribution or low confidence) and the largest share one emotion takes of all the
+predictions and of those not flagged (a collapsed classifier puts most of them in one), twice: with
+each clip alone (``single``, no session information) and with each test speaker's clips as one session
+(``session``). It writes JSON (``--out``) and prints a table. Needs ``SER_TEST_DATA`` (the shared data
 folder); eGeMAPS by default, any speech encoder with ``--backbone hubert --model ID_OR_FOLDER``.
 """
 
@@ -30,11 +33,11 @@ from benchmarks.cli import comma_names
 from shared.audio import decode_audio
 from shared.backbones import BackboneSpec, EncoderOptions, build_backbone
 from shared.loudness import DEFAULT_LEVEL_DBFS
-from shared.predictor import Predictor
+from shared.predictor import Prediction, Predictor
 from training.corpora import Utterance, prepare_corpus
 from training.embeddings import extract_embeddings
 from training.evaluation import prediction_metrics
-from training.recipe import fit_bundle
+from training.recipe import classify_by_session, fit_bundle
 
 DEFAULT_OUT = Path("bench-results/robustness.json")
 #: Training variants: the input normalisation each records in its spec.
@@ -44,11 +47,16 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "level+trim": {"level_dbfs": DEFAULT_LEVEL_DBFS, "trim_silence": True},
 }
 TRAIN_ACTORS = range(1, 17)
+QUICK_TEST_ACTORS = (17, 18)
 
 
-def score(predictor: Predictor, waves: Sequence[np.ndarray], labels: Sequence[str]) -> dict[str, Any]:
-    """Scores of ``predictor`` on ``waves``: UA, accuracy, ECE, NLL, Brier and the prediction shares."""
-    m = prediction_metrics(labels, predictor.classify(predictor.embed_batch(waves)))
+#: How test clips are classified: each alone, or each speaker's clips as one session.
+MODES = ("single", "session")
+
+
+def score(predictions: Sequence[Prediction], labels: Sequence[str]) -> dict[str, Any]:
+    """UA, accuracy, ECE, NLL, Brier, the prediction shares and the uncertainty figures of predictions."""
+    m = prediction_metrics(labels, predictions)
     return {
         "n": m["n"],
         "ua": m["unweighted_accuracy"],
@@ -58,6 +66,23 @@ def score(predictor: Predictor, waves: Sequence[np.ndarray], labels: Sequence[st
         "brier": m["brier"],
         "prediction_share": m["prediction_share"],
         "largest_share": max(m["prediction_share"].values()),
+        "uncertain_rate": m["uncertain_rate"],
+        "uncertain_reasons": m["uncertain_reasons"],
+        "certain_n": m["certain_n"],
+        "certain_ua": m.get("certain_unweighted_accuracy"),
+        "certain_largest_share": m.get("certain_largest_share"),
+        "session_share": m["session_share"],
+    }
+
+
+def score_modes(
+    predictor: Predictor, waves: Sequence[np.ndarray], labels: Sequence[str], speakers: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """``score`` of each mode of ``MODES`` (the embeddings are computed once)."""
+    x = predictor.embed_batch(waves)
+    return {
+        "single": score(predictor.classify(x), labels),
+        "session": score(classify_by_session(predictor, x, speakers), labels),
     }
 
 
@@ -75,12 +100,14 @@ def run(args: argparse.Namespace, say: Any) -> dict[str, Any]:
     corpus = prepare_corpus("ravdess", Path(data) / "ravdess16k")
     train: list[Utterance] = [u for u in corpus.utterances if int(u.meta["actor"]) in TRAIN_ACTORS]
     test = [u for u in corpus.utterances if int(u.meta["actor"]) not in TRAIN_ACTORS]
-    if args.quick:
-        train, test = train[::4], test[::8]
+    if args.quick:  # still 22 clips a test speaker, so sessions reach their minimum
+        train = train[::4]
+        test = [u for u in test if int(u.meta["actor"]) in QUICK_TEST_ACTORS][::2]
     say(f"decoding {len(test)} test clips and passing them through {len(args.conditions)} conditions")
     clean = [decode_audio(u.path) for u in test]
     changed = {c: [apply_condition(c, w, seed=i) for i, w in enumerate(clean)] for c in args.conditions}
     test_labels = [u.label for u in test]
+    test_speakers = [u.speaker for u in test]
     cremad = Path(data) / "cremad_sample"
     other = prepare_corpus("cremad", cremad) if cremad.is_dir() else None
     encoder = EncoderOptions(device="cpu", dtype=args.dtype, cache_dir=args.model_cache)
@@ -111,19 +138,26 @@ def run(args: argparse.Namespace, say: Any) -> dict[str, Any]:
                 name=f"robustness-{variant.replace('+', '-')}",
                 version="1",
                 training={"corpus": "ravdess", "actors": result["train"]["actors"]},
+                speakers=[train[i].speaker for i in embedded.ok],
             )
             predictor = Predictor.from_bundle(folder, encoder)
-            rows: dict[str, Any] = {}
+            rows: dict[str, dict[str, Any]] = {mode: {} for mode in MODES}
             for condition in args.conditions:
                 say(f"{variant}: scoring {condition}")
-                rows[condition] = score(predictor, changed[condition], test_labels)
+                for mode, row in score_modes(
+                    predictor, changed[condition], test_labels, test_speakers
+                ).items():
+                    rows[mode][condition] = row
             if other is not None:
                 say(f"{variant}: scoring the CREMA-D sample")
-                rows["cremad_sample"] = score(
+                scored = score_modes(
                     predictor,
                     [decode_audio(u.path) for u in other.utterances],
                     [u.label for u in other.utterances],
+                    [u.speaker for u in other.utterances],
                 )
+                for mode, row in scored.items():
+                    rows[mode]["cremad_sample"] = row
             result["variants"][variant] = {"spec": spec.to_dict(), "scores": rows}
             write(result, args.out)
     return result
@@ -138,16 +172,23 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     conditions = [*result["conditions"], "cremad_sample"]
     lines = [
         f"robustness of {result['backbone']} trained on RAVDESS actors {result['train']['actors']}, "
-        f"scored on actors {result['test']['actors']} (UA / ECE / largest share of predictions)",
-        "| variant | " + " | ".join(conditions) + " |",
-        "|---" * (len(conditions) + 1) + "|",
+        f"scored on actors {result['test']['actors']} (UA / ECE / share flagged uncertain / largest share "
+        "one emotion takes of the predictions not flagged); session: each test speaker's clips are one "
+        "session",
+        "| variant | mode | " + " | ".join(conditions) + " |",
+        "|---" * (len(conditions) + 2) + "|",
     ]
     for variant, entry in result["variants"].items():
-        cells = []
-        for c in conditions:
-            s = entry["scores"].get(c)
-            cells.append("-" if s is None else f"{s['ua']:.3f} / {s['ece']:.3f} / {s['largest_share']:.0%}")
-        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+        for mode, scores in entry["scores"].items():
+            cells = []
+            for c in conditions:
+                s = scores.get(c)
+                if s is None:
+                    cells.append("-")
+                    continue
+                share = "-" if s["certain_largest_share"] is None else f"{s['certain_largest_share']:.0%}"
+                cells.append(f"{s['ua']:.3f} / {s['ece']:.3f} / {s['uncertain_rate']:.0%} / {share}")
+            lines.append(f"| {variant} | {mode} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -186,7 +227,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="embedding cache of the training clips",
     )
     parser.add_argument(
-        "--quick", action="store_true", help="a quarter of the training clips, an eighth of the test"
+        "--quick",
+        action="store_true",
+        help="a quarter of the training clips; half the clips of two test actors",
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON output (default {DEFAULT_OUT})")
     args = parser.parse_args(argv)

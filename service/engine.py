@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import dataclasses
 import functools
 import logging
 import threading
@@ -28,10 +29,12 @@ import numpy as np
 from service.batching import MicroBatcher, Reservation
 from service.errors import NotReadyError, RequestTimeoutError
 from service.metrics import ServiceMetrics
+from service.sessions import SessionStore
 from service.settings import ServiceSettings
 from shared.audio import AudioLimits, load_audio
 from shared.constants import SAMPLE_RATE
 from shared.predictor import ModelDescription, Prediction, Predictor
+from shared.session import SessionStats
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +52,18 @@ def load_predictor(settings: ServiceSettings, bundle_dir: Path) -> Predictor:
     return Predictor.from_bundle(bundle_dir, settings.encoder_options())
 
 
+#: What a batch request's session is: the batch itself, when it names no session_id.
+BATCH_SESSION = "batch"
+
+
 @dataclass(frozen=True)
 class Served:
-    """One utterance's prediction with its duration and stage timings (seconds)."""
+    """One utterance's prediction with its duration and stage timings (seconds).
+
+    Attributes:
+        session: the session it was classified in: a client ``session_id``, ``BATCH_SESSION`` for a
+            batch marked as one session, or None.
+    """
 
     prediction: Prediction
     duration_s: float
@@ -60,6 +72,7 @@ class Served:
     inference_s: float
     total_s: float
     batch_size: int
+    session: str | None = None
 
 
 def _run_in_daemon_thread(fn: Callable[[], T], name: str) -> concurrent.futures.Future[T]:
@@ -113,6 +126,7 @@ class InferenceEngine:
         self.batcher: MicroBatcher | None = None
         self.description: ModelDescription | None = None
         self.load_seconds: float | None = None
+        self.sessions: SessionStore | None = None
         self._decode_pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     # -- life cycle -----------------------------------------------------------------------------
@@ -165,6 +179,14 @@ class InferenceEngine:
         self.predictor = predictor
         description = self.description = predictor.describe()
         self.batcher = batcher
+        sessions = self.sessions = SessionStore(
+            predictor.backbone.dim,
+            max_sessions=self.settings.session_max,
+            memory_mb=self.settings.session_memory_mb,
+            ttl_s=self.settings.session_ttl_s,
+            on_evict=lambda reason: self.metrics.session_evictions.labels(reason).inc(),
+        )
+        self.metrics.sessions.set_function(lambda: float(len(sessions)))
         self.metrics.track_queue(
             lambda: float(self.batcher.admitted if self.batcher else 0), self.settings.queue_depth
         )
@@ -239,31 +261,66 @@ class InferenceEngine:
         call = functools.partial(context.run, load_audio, data, self.limits)
         return await asyncio.get_running_loop().run_in_executor(self._decode_pool, call)
 
-    async def predict_bytes(self, data: bytes) -> Served:
+    async def predict_bytes(self, data: bytes, session_id: str | None = None) -> Served:
         """Decode one upload and predict it (a request of one: ``predict_many``'s path).
+
+        With ``session_id``, the utterance's features join that session's statistics, and once the
+        session holds enough utterances it is classified with them (``Predictor.classify``).
 
         Raises:
             NotReadyError, OverloadedError, RequestTimeoutError; AudioError from decoding; whatever the
             model raised.
         """
-        with self._admit(1) as reservation:
-            return await self._serve(reservation, data)
+        outcome = (await self.predict_many([data], session=session_id))[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
 
-    async def predict_many(self, uploads: Sequence[bytes]) -> list[Served | BaseException]:
+    async def predict_many(
+        self, uploads: Sequence[bytes], session: str | None = None
+    ) -> list[Served | BaseException]:
         """Decode and predict several uploads that share model batches; one outcome each, in order.
 
         The request is admitted or refused as a whole; after that, each upload has its own outcome:
         its ``Served`` or the exception it alone would have raised.
 
+        Args:
+            session: None (each upload alone), ``BATCH_SESSION`` (the uploads are one session: its
+                statistics are theirs, and are not kept), or a client session id (their features join
+                that session's statistics in the store).
+
         Raises:
             NotReadyError, OverloadedError: the request as a whole is refused.
         """
         with self._admit(len(uploads)) as reservation:
-            return list(
+            outcomes: list[Served | BaseException] = list(
                 await asyncio.gather(
                     *(self._serve(reservation, data) for data in uploads), return_exceptions=True
                 )
             )
+        if session is None:
+            return outcomes
+        return await self._in_session(outcomes, session)
+
+    async def _in_session(
+        self, outcomes: list[Served | BaseException], session: str
+    ) -> list[Served | BaseException]:
+        """Classify the served utterances again with their session's statistics (or say they were
+        too few); errors stay as they are."""
+        served = [(i, o) for i, o in enumerate(outcomes) if isinstance(o, Served)]
+        predictor, store = self.predictor, self.sessions
+        if not served or predictor is None or store is None:
+            return outcomes
+        features = np.stack([np.asarray(o.prediction.features) for _, o in served])
+        stats = SessionStats.of(features) if session == BATCH_SESSION else store.add(session, features)
+        assert self._decode_pool is not None
+        context = contextvars.copy_context()
+        call = functools.partial(context.run, predictor.classify, features, stats)
+        predictions = await asyncio.get_running_loop().run_in_executor(self._decode_pool, call)
+        out = list(outcomes)
+        for (i, o), prediction in zip(served, predictions, strict=True):
+            out[i] = dataclasses.replace(o, prediction=prediction, session=session)
+        return out
 
     async def _serve(self, reservation: Reservation, data: bytes) -> Served:
         start = time.perf_counter()

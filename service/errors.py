@@ -39,6 +39,18 @@ class InvalidBase64Error(InvalidRequestError):
     error_type = "invalid_base64"
 
 
+class InvalidSessionIdError(InvalidRequestError):
+    """A ``session_id`` that is too long or has characters outside the accepted set."""
+
+    error_type = "invalid_session_id"
+
+
+class NotFoundError(ServiceError):
+    """The resource named in the path does not exist."""
+
+    error_type = "not_found"
+
+
 class TooManyFilesError(InvalidRequestError):
     """A batch request carries more files than ``max_batch_files``."""
 
@@ -105,6 +117,7 @@ ERROR_STATUS: dict[str, int] = {
     # request shape
     "invalid_request": 422,
     "invalid_base64": 422,
+    "invalid_session_id": 422,
     "too_many_files": 422,
     "unsupported_media_type": 415,
     "payload_too_large": 413,

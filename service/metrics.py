@@ -19,6 +19,9 @@ class ServiceMetrics:
     - ``ser_batch_size`` and ``ser_batch_inference_seconds``: per model call
     - ``ser_queue_depth`` / ``ser_queue_capacity``, ``ser_http_requests_in_flight``, ``ser_model_ready``
     - ``ser_model_info{name,version,backbone,...}``
+    - ``ser_sessions`` (client sessions held) and ``ser_session_evictions_total{reason}`` (capacity,
+      expired)
+    - ``ser_uncertain_predictions_total{reason}``: predictions flagged uncertain, by reason
     """
 
     def __init__(self) -> None:
@@ -63,6 +66,19 @@ class ServiceMetrics:
         self.queue_capacity = Gauge("ser_queue_capacity", "Most utterances admitted at once", registry=r)
         self.ready = Gauge("ser_model_ready", "1 once the model is loaded and warmed up", registry=r)
         self.model_info = Info("ser_model", "The bundle being served", registry=r)
+        self.sessions = Gauge("ser_sessions", "Client sessions whose statistics are held", registry=r)
+        self.session_evictions = Counter(
+            "ser_session_evictions",
+            "Client sessions dropped: capacity (the store was full) or expired (unused too long)",
+            ["reason"],
+            registry=r,
+        )
+        self.uncertain = Counter(
+            "ser_uncertain_predictions",
+            "Predictions flagged uncertain, by reason (out_of_distribution, low_confidence)",
+            ["reason"],
+            registry=r,
+        )
 
     def track_queue(self, depth: Callable[[], float], capacity: int) -> None:
         self.queue_depth.set_function(depth)

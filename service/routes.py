@@ -10,7 +10,7 @@ import secrets
 from collections.abc import Awaitable
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Depends, Request, Security
+from fastapi import APIRouter, Depends, Query, Request, Security
 from fastapi.security import APIKeyHeader
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
@@ -18,11 +18,13 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from service.engine import InferenceEngine, Served
+from service.engine import BATCH_SESSION, InferenceEngine, Served
 from service.errors import (
     ClientDisconnectedError,
     InvalidBase64Error,
     InvalidRequestError,
+    InvalidSessionIdError,
+    NotFoundError,
     TooManyFilesError,
     UnauthorizedError,
     UnsupportedMediaTypeError,
@@ -40,8 +42,10 @@ from service.schemas import (
     ModelRef,
     PredictionResponse,
     ReadyResponse,
+    SessionInfo,
     TimingsMs,
 )
+from service.sessions import SESSION_ID_MAX_LENGTH, check_session_id
 from shared.audio import SUPPORTED_FORMATS
 from shared.constants import EMOTIONS
 from shared.errors import SERError
@@ -143,7 +147,7 @@ PREDICT_ERRORS: dict[int | str, dict[str, Any]] = {
     415: _err("unsupported_format (not audio, or an unsupported format) or unsupported_media_type."),
     422: _err(
         "audio_too_short, audio_too_long, audio_silent, audio_decode_error (corrupt or empty), "
-        "invalid_request (missing 'file', malformed body) or invalid_base64."
+        "invalid_request (missing 'file', malformed body), invalid_base64 or invalid_session_id."
     ),
     500: _err("internal_error."),
     503: _err(RETRY_LATER),
@@ -152,7 +156,7 @@ BATCH_ERRORS: dict[int | str, dict[str, Any]] = {
     401: PREDICT_ERRORS[401],
     413: PREDICT_ERRORS[413],
     415: _err("unsupported_media_type: the request is not multipart/form-data."),
-    422: _err("invalid_request (no files, malformed multipart) or too_many_files."),
+    422: _err("invalid_request (no files, malformed multipart), too_many_files or invalid_session_id."),
     500: PREDICT_ERRORS[500],
     503: PREDICT_ERRORS[503],
 }
@@ -287,10 +291,24 @@ def request_id_of(request: Request) -> str:
 
 def to_response(served: Served, engine: InferenceEngine, request_id: str) -> PredictionResponse:
     p = served.prediction
+    for reason in p.uncertain_reasons:
+        engine.metrics.uncertain.labels(reason).inc()
+    session = None
+    if served.session is not None:
+        session = SessionInfo(
+            id=None if served.session == BATCH_SESSION else served.session,
+            utterances=p.session_utterances,
+            minimum_utterances=engine.description.session_minimum if engine.description else None,
+        )
     return PredictionResponse(
         label=p.label,  # type: ignore[arg-type]
         confidence=p.confidence,
         probabilities={label: p.probabilities[label] for label in EMOTIONS},
+        uncertain=p.uncertain,
+        uncertain_reasons=list(p.uncertain_reasons),  # type: ignore[arg-type]
+        ood_percentile=p.ood_percentile,
+        classifier=p.classifier,  # type: ignore[arg-type]
+        session=session,
         duration_s=round(served.duration_s, 4),
         model=model_ref(engine),
         batch_size=served.batch_size,
@@ -316,13 +334,39 @@ public = APIRouter()
 guarded = APIRouter(dependencies=[Depends(require_api_key)])
 
 
+SessionIdQuery = Annotated[
+    str | None,
+    Query(
+        description="Classify within this session: the utterance's features join the session's running "
+        "statistics, and from the bundle's minimum number of utterances on, the session's statistics "
+        f"normalise them. 1-{SESSION_ID_MAX_LENGTH} letters, digits, '.', '_', ':' or '-'. The service "
+        "keeps only the statistics, in a bounded store (SER_SESSION_MAX, SER_SESSION_MEMORY_MB, "
+        "SER_SESSION_TTL_S).",
+        examples=["call-42:caller"],
+    ),
+]
+
+
+def session_of(request: Request) -> str | None:
+    """The request's checked ``session_id`` query parameter, or None.
+
+    Raises:
+        InvalidSessionIdError: it is too long or malformed.
+    """
+    values = request.query_params.getlist("session_id")
+    if len(values) > 1:
+        raise InvalidSessionIdError("session_id is given more than once; give it once")
+    return check_session_id(values[0]) if values else None
+
+
 async def _predict_one(
     request: Request, engine: InferenceEngine, metrics: ServiceMetrics, endpoint: str
 ) -> PredictionResponse:
     try:
+        session_id = session_of(request)
         engine.check_ready()  # refuse before reading the body
         data, filename = await read_single_audio(request)
-        served = await unless_disconnected(request, engine.predict_bytes(data))
+        served = await unless_disconnected(request, engine.predict_bytes(data, session_id))
     except SERError as exc:
         metrics.predictions.labels(endpoint, exc.error_type).inc()
         if not isinstance(exc, ClientDisconnectedError):
@@ -350,11 +394,15 @@ async def _predict_one(
     summary="Predict the emotion of one audio file",
     tags=["prediction"],
 )
-async def predict(request: Request, engine: EngineDep, metrics: MetricsDep) -> PredictionResponse:
+async def predict(
+    request: Request, engine: EngineDep, metrics: MetricsDep, session_id: SessionIdQuery = None
+) -> PredictionResponse:
     """One audio file as multipart (field `file`), JSON `{"audio_base64": "..."}`, or a raw `audio/*` body.
 
-    Returns the most probable emotion, all six probabilities (they sum to 1), the audio's duration, the
-    bundle's name and version, and where the time went.
+    Returns the most probable emotion, all six probabilities (they sum to 1), whether the prediction is
+    uncertain (and why), which classifier answered, the audio's duration, the bundle's name and version,
+    and where the time went. With `?session_id=...`, the utterances of one speaker or recording are
+    normalised together once the session holds enough of them.
     """
     return await _predict_one(request, engine, metrics, "/v1/predict")
 
@@ -381,18 +429,37 @@ async def emotion_predict(request: Request, engine: EngineDep, metrics: MetricsD
     summary="Predict the emotion of several audio files",
     tags=["prediction"],
 )
-async def predict_batch(request: Request, engine: EngineDep, metrics: MetricsDep) -> BatchResponse:
+async def predict_batch(
+    request: Request,
+    engine: EngineDep,
+    metrics: MetricsDep,
+    session_id: SessionIdQuery = None,
+    session: Annotated[
+        bool,
+        Query(
+            description="The files are one session (one speaker or recording): they are normalised with "
+            "their own statistics when there are enough of them, and nothing is kept."
+        ),
+    ] = False,
+) -> BatchResponse:
     """Several audio files in one multipart request (each in a field named `files`).
 
     Returns one item per file, in upload order: a result, or the error that file alone would have had.
-    The files are decoded in parallel and share model batches.
+    The files are decoded in parallel and share model batches. With `?session=true` they are one
+    session; with `?session_id=...` they join that session.
     """
     endpoint = "/v1/predict/batch"
     request_id = request_id_of(request)
     try:
+        named = session_of(request)
         engine.check_ready()
         files = await read_batch_audio(request, engine.settings.max_batch_files)
-        outcomes = await unless_disconnected(request, engine.predict_many([data for data, _ in files]))
+        outcomes = await unless_disconnected(
+            request,
+            engine.predict_many(
+                [data for data, _ in files], session=named or (BATCH_SESSION if session else None)
+            ),
+        )
     except SERError as exc:
         metrics.predictions.labels(endpoint, exc.error_type).inc()
         raise
@@ -416,6 +483,26 @@ async def predict_batch(request: Request, engine: EngineDep, metrics: MetricsDep
         items.append(BatchItem(index=index, filename=filename, ok=False, status=status, error=error))
     log.info("batch of %d files: %d ok", len(items), sum(item.ok for item in items))
     return BatchResponse(results=items, request_id=request_id)
+
+
+@guarded.delete(
+    "/v1/sessions/{session_id}",
+    status_code=204,
+    responses={
+        401: PREDICT_ERRORS[401],
+        404: _err("not_found: no such session (or it expired)."),
+        422: _err("invalid_session_id."),
+    },
+    summary="Forget a session's statistics",
+    tags=["prediction"],
+)
+async def delete_session(session_id: str, engine: EngineDep) -> Response:
+    """Drop the running statistics of `session_id` now (they also expire on their own when unused)."""
+    check_session_id(session_id)
+    engine.check_ready()
+    if engine.sessions is None or not engine.sessions.delete(session_id):
+        raise NotFoundError(f"no session {session_id!r}: it was never used, was deleted, or expired")
+    return Response(status_code=204)
 
 
 @public.get(

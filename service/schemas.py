@@ -18,7 +18,7 @@ class ErrorBody(BaseModel):
     error: str = Field(description="What was wrong and, where it helps, what is accepted.")
     error_type: str = Field(
         description="A stable code: unsupported_format, unsupported_media_type, audio_decode_error, "
-        "audio_too_short, audio_too_long, audio_silent, invalid_request, invalid_base64, too_many_files, "
+        "audio_too_short, audio_too_long, audio_silent, invalid_request, invalid_base64, invalid_session_id, too_many_files, "
         "payload_too_large, unauthorized, not_ready, overloaded, timeout, not_found, internal_error...",
         examples=["audio_too_short"],
     )
@@ -53,6 +53,20 @@ class TimingsMs(BaseModel):
     total: float = Field(description="From the start of decoding to the result.")
 
 
+UncertainReason = Literal["out_of_distribution", "low_confidence"]
+
+
+class SessionInfo(BaseModel):
+    """The session an utterance was classified in."""
+
+    id: str | None = Field(description="The client's session_id; None for a batch sent as one session.")
+    utterances: int = Field(description="Utterances in the session's statistics, this one included.")
+    minimum_utterances: int | None = Field(
+        description="From this many utterances on, the session's statistics normalise its utterances "
+        "(the 'session' classifier); None when the bundle has no session classifier."
+    )
+
+
 class PredictionResponse(BaseModel):
     """One utterance's emotion."""
 
@@ -62,6 +76,24 @@ class PredictionResponse(BaseModel):
         description="All six emotions (neutral, happy, sad, angry, fear, disgust) with their probabilities; "
         "they sum to 1.",
         examples=[{"neutral": 0.1, "happy": 0.5, "sad": 0.1, "angry": 0.1, "fear": 0.1, "disgust": 0.1}],
+    )
+    uncertain: bool = Field(
+        description="True when the prediction should not be acted on: the audio is unlike the training "
+        "data (out_of_distribution) or the top probability is under the bundle's confidence threshold "
+        "(low_confidence). A client should abstain rather than trust label."
+    )
+    uncertain_reasons: list[UncertainReason] = Field(description="Why uncertain is true; empty otherwise.")
+    ood_percentile: float | None = Field(
+        description="How far the audio's features lie from the training data, as a percentile of the "
+        "training clips' own distances (100: farther than all of them); above the bundle's ood_percentile "
+        "the prediction is out_of_distribution. None for bundles without a feature reference."
+    )
+    classifier: Literal["single", "session"] = Field(
+        description="Which classifier answered: 'single' (the utterance alone) or 'session' (its features "
+        "normalised with its session's statistics)."
+    )
+    session: SessionInfo | None = Field(
+        default=None, description="The session, when the request named one (session_id, or session=true)."
     )
     duration_s: float = Field(description="Length of the decoded audio, in seconds.")
     model: ModelRef

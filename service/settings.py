@@ -133,6 +133,26 @@ class ServiceSettings(BaseSettings):
         "gets 503 with Retry-After.",
     )
 
+    # --- sessions ----------------------------------------------------------------------------
+    session_max: int = Field(
+        default=1000,
+        ge=1,
+        description="Most client sessions (session_id) whose feature statistics are kept; a new session in "
+        "a full store evicts the least recently used one (logged, and counted in "
+        "ser_session_evictions_total).",
+    )
+    session_memory_mb: float = Field(
+        default=32.0,
+        gt=0,
+        description="Most memory the session statistics may take, in MiB: it caps the number of sessions "
+        "further for large embeddings (one session of 1024-d embeddings takes 24 KiB).",
+    )
+    session_ttl_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="A session unused for this many seconds is forgotten.",
+    )
+
     # --- batching and concurrency ----------------------------------------------------------------
     max_batch_size: int = Field(default=8, ge=1, description="Most utterances the model runs in one batch.")
     max_batch_wait_ms: float = Field(

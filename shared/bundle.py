@@ -55,11 +55,27 @@ from shared.errors import (
     BundleLabelError,
     BundleNotFoundError,
 )
+from shared.uncertainty import FeatureReference, Uncertainty
 
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 CLASSIFIER = "classifier.skops"
 CLASSIFIER_ARRAYS = "classifier.npz"
+#: The classifier fitted on session-normalised features (``shared.session``), and its arrays.
+SESSION_CLASSIFIER = "session_classifier.skops"
+SESSION_CLASSIFIER_ARRAYS = "session_classifier.npz"
+#: Where each classifier's training features lie (``shared.uncertainty.FeatureReference``).
+REFERENCE = "reference.npz"
+SESSION_REFERENCE = "session_reference.npz"
+RESERVED_FILES = (
+    MANIFEST,
+    CLASSIFIER,
+    CLASSIFIER_ARRAYS,
+    SESSION_CLASSIFIER,
+    SESSION_CLASSIFIER_ARRAYS,
+    REFERENCE,
+    SESSION_REFERENCE,
+)
 
 #: The only types a classifier file may contain. Anything else is refused before loading.
 TRUSTED_TYPES: tuple[str, ...] = (
@@ -71,6 +87,14 @@ TRUSTED_TYPES: tuple[str, ...] = (
     "sklearn.calibration.CalibratedClassifierCV",
     "sklearn.calibration._CalibratedClassifier",
     "sklearn.calibration._SigmoidCalibration",
+    # the ensemble (training.pipeline, classifier="ensemble")
+    "sklearn.ensemble._voting.VotingClassifier",
+    "sklearn.linear_model._logistic.LogisticRegression",
+    "sklearn.ensemble._forest.RandomForestClassifier",
+    "sklearn.tree._classes.DecisionTreeClassifier",
+    "sklearn.tree._tree.Tree",
+    "sklearn.preprocessing._label.LabelEncoder",
+    "sklearn.utils._bunch.Bunch",
     "numpy.dtype",
     "numpy.ndarray",
     "numpy.float64",
@@ -93,17 +117,38 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 @dataclass(frozen=True)
+class SessionModel:
+    """The classifier for session-normalised features (``shared.session``) and what it needs.
+
+    Attributes:
+        classifier: like ``Bundle.classifier``, fitted on features z-scored per speaker.
+        reference: where those normalised training features lie (None in bundles without one).
+        minimum_utterances: a session is used from this many utterances on.
+    """
+
+    classifier: Any
+    reference: FeatureReference | None
+    minimum_utterances: int
+
+
+@dataclass(frozen=True)
 class Bundle:
     """A loaded, verified bundle.
 
     Attributes:
         classifier: what predicts, with ``classes_`` and ``predict_proba(x [n, d]) -> [n, classes]``: the
             ``ClassifierArrays`` where the bundle has them, else the sklearn pipeline.
+        reference: where the classifier's training features lie (None in bundles without one).
+        session: the session-normalised classifier (None in bundles without one).
+        uncertainty: when a prediction is flagged uncertain.
     """
 
     path: Path
     manifest: dict[str, Any]
     classifier: Any
+    reference: FeatureReference | None = None
+    session: SessionModel | None = None
+    uncertainty: Uncertainty = Uncertainty()
 
     @cached_property
     def pipeline(self) -> Any:
@@ -172,6 +217,11 @@ def save_bundle(
     metrics: dict[str, Any] | None = None,
     extra_files: dict[str, bytes] | None = None,
     labels: tuple[str, ...] = EMOTIONS,
+    reference: FeatureReference | None = None,
+    session_pipeline: Any | None = None,
+    session_reference: FeatureReference | None = None,
+    session: dict[str, Any] | None = None,
+    uncertainty: Uncertainty | None = None,
 ) -> Path:
     """Write a new bundle to ``<artifacts>/<name>/<version>/`` and return that folder.
 
@@ -181,19 +231,23 @@ def save_bundle(
         training: a JSON-serialisable summary of the training data and protocol.
         metrics: the headline evaluation figures.
         extra_files: more files to store (``report.md``, ``confusion_matrix.png``...), hashed like the rest.
+        reference: where ``pipeline``'s training features lie (out-of-distribution percentiles).
+        session_pipeline, session_reference: the classifier fitted on session-normalised features, and
+            its reference; ``session`` what the manifest records about it (``minimum_utterances``...).
+        uncertainty: the thresholds that flag a prediction uncertain.
 
     Raises:
         BundleExistsError: that version already exists (versions are never overwritten).
         BundleLabelError: the pipeline's classes are not the six emotions.
     """
-    import skops.io as sio
-
     for what, value in (("name", name), ("version", version)):
         if not _NAME_RE.match(value):
             raise BundleFormatError(
                 f"bundle {what} {value!r} is not allowed: use letters, digits, '.', '_' and '-' (at most 128)"
             )
     _check_labels(labels, [str(c) for c in getattr(pipeline, "classes_", [])])
+    if session_pipeline is not None:
+        _check_labels(labels, [str(c) for c in getattr(session_pipeline, "classes_", [])])
     final = Path(artifacts) / name / version
     if final.exists():
         raise BundleExistsError(
@@ -202,12 +256,22 @@ def save_bundle(
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=final.parent))
     try:
-        sio.dump(pipeline, staging / CLASSIFIER)
-        arrays = _classifier_arrays(pipeline)
-        if arrays is not None:
-            arrays.save(staging / CLASSIFIER_ARRAYS)
+        classifier = _write_classifier(staging, pipeline, CLASSIFIER, CLASSIFIER_ARRAYS)
+        if reference is not None:
+            reference.save(staging / REFERENCE)
+        session_entry = None
+        if session_pipeline is not None:
+            session_entry = {
+                **(session or {}),
+                "classifier": _write_classifier(
+                    staging, session_pipeline, SESSION_CLASSIFIER, SESSION_CLASSIFIER_ARRAYS
+                ),
+            }
+            if session_reference is not None:
+                session_reference.save(staging / SESSION_REFERENCE)
+                session_entry["reference"] = SESSION_REFERENCE
         for fname, data in (extra_files or {}).items():
-            if "/" in fname or fname in (MANIFEST, CLASSIFIER, CLASSIFIER_ARRAYS):
+            if "/" in fname or fname in RESERVED_FILES:
                 raise BundleFormatError(f"extra file name {fname!r} is not allowed")
             (staging / fname).write_bytes(data)
         files = {
@@ -221,11 +285,11 @@ def save_bundle(
             "version": version,
             "labels": list(labels),
             "backbone": backbone,
-            "classifier": {
-                "file": CLASSIFIER,
-                "format": "skops",
-                "steps": [f"{step}:{type(est).__name__}" for step, est in getattr(pipeline, "steps", [])],
-                **({"arrays": CLASSIFIER_ARRAYS} if arrays is not None else {}),
+            "classifier": classifier,
+            **({"session": session_entry} if session_entry else {}),
+            "uncertainty": {
+                **(uncertainty or Uncertainty()).to_dict(),
+                **({"reference": REFERENCE} if reference is not None else {}),
             },
             "training": training or {},
             "metrics": metrics or {},
@@ -239,6 +303,22 @@ def save_bundle(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return final
+
+
+def _write_classifier(staging: Path, pipeline: Any, skops_name: str, arrays_name: str) -> dict[str, Any]:
+    """Store a pipeline with skops (and its arrays where it has the supported shape); its manifest entry."""
+    import skops.io as sio
+
+    sio.dump(pipeline, staging / skops_name)
+    arrays = _classifier_arrays(pipeline)
+    if arrays is not None:
+        arrays.save(staging / arrays_name)
+    return {
+        "file": skops_name,
+        "format": "skops",
+        "steps": [f"{step}:{type(est).__name__}" for step, est in getattr(pipeline, "steps", [])],
+        **({"arrays": arrays_name} if arrays is not None else {}),
+    }
 
 
 def _classifier_arrays(pipeline: Any) -> ClassifierArrays | None:
@@ -389,6 +469,47 @@ def load_classifier(path: Path) -> Any:
         raise BundleFormatError(f"{path.name} could not be loaded: {exc}") from exc
 
 
+def _load_classifier_entry(
+    bundle_dir: Path, manifest: dict[str, Any], meta: Any, skops_name: str, arrays_name: str
+) -> Any:
+    """The classifier an entry of the manifest names: its arrays where it has them, else its skops file."""
+    meta = meta if isinstance(meta, dict) else {}
+    if meta.get("file", skops_name) != skops_name or skops_name not in manifest["files"]:
+        raise BundleIntegrityError(
+            f"the manifest names a classifier {meta.get('file')!r}; expected {skops_name}"
+        )
+    arrays_file = meta.get("arrays")
+    if not arrays_file:
+        return load_classifier(bundle_dir / skops_name)
+    if arrays_file != arrays_name or arrays_file not in manifest["files"]:
+        raise BundleIntegrityError(
+            f"the manifest names classifier arrays {arrays_file!r}; expected {arrays_name}, "
+            "recorded with its sha256"
+        )
+    try:
+        return ClassifierArrays.load(bundle_dir / arrays_file)
+    except ValueError as exc:
+        raise BundleFormatError(str(exc)) from exc
+
+
+def _load_reference(
+    bundle_dir: Path, manifest: dict[str, Any], fname: Any, expected: str, dim: int | None
+) -> FeatureReference | None:
+    if fname is None:
+        return None
+    if fname != expected or fname not in manifest["files"]:
+        raise BundleIntegrityError(f"the manifest names a feature reference {fname!r}; expected {expected}")
+    try:
+        reference = FeatureReference.load(bundle_dir / fname)
+    except ValueError as exc:
+        raise BundleFormatError(str(exc)) from exc
+    if dim is not None and reference.n_features != dim:
+        raise BundleFormatError(
+            f"{fname} describes {reference.n_features}-d features; the classifier takes {dim}"
+        )
+    return reference
+
+
 def load_bundle(path: str | os.PathLike[str]) -> Bundle:
     """Resolve, verify and load a bundle (see ``resolve_bundle_dir`` for what ``path`` may be).
 
@@ -398,24 +519,43 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
     bundle_dir = resolve_bundle_dir(path)
     manifest = read_manifest(bundle_dir)
     verify_files(bundle_dir, manifest)
-    meta = manifest["classifier"] if isinstance(manifest["classifier"], dict) else {}
-    arrays_file = meta.get("arrays")
-    classifier: Any
-    if arrays_file:
-        if arrays_file != CLASSIFIER_ARRAYS or arrays_file not in manifest["files"]:
-            raise BundleIntegrityError(
-                f"the manifest names classifier arrays {arrays_file!r}; expected {CLASSIFIER_ARRAYS}, "
-                "recorded with its sha256"
-            )
-        try:
-            classifier = ClassifierArrays.load(bundle_dir / arrays_file)
-        except ValueError as exc:
-            raise BundleFormatError(str(exc)) from exc
-    else:
-        classifier = load_classifier(bundle_dir / CLASSIFIER)
+    classifier = _load_classifier_entry(
+        bundle_dir, manifest, manifest["classifier"], CLASSIFIER, CLASSIFIER_ARRAYS
+    )
     _check_labels(manifest["labels"], [str(c) for c in getattr(classifier, "classes_", [])])
     try:
         BackboneSpec.from_dict(manifest["backbone"])
     except Exception as exc:
         raise BundleFormatError(f"the manifest's backbone spec is invalid: {exc}") from exc
-    return Bundle(path=bundle_dir, manifest=manifest, classifier=classifier)
+    dim = manifest["backbone"].get("dim")
+    found = manifest.get("uncertainty")
+    uncertainty: dict[str, Any] = found if isinstance(found, dict) else {}
+    try:
+        policy = Uncertainty.from_dict(uncertainty)
+    except (TypeError, ValueError) as exc:
+        raise BundleFormatError(f"the manifest's uncertainty thresholds are invalid: {exc}") from exc
+    reference = _load_reference(bundle_dir, manifest, uncertainty.get("reference"), REFERENCE, dim)
+    session = None
+    entry = manifest.get("session")
+    if entry is not None:
+        if not isinstance(entry, dict) or not isinstance(entry.get("minimum_utterances"), int):
+            raise BundleFormatError(
+                "the manifest's 'session' entry must be an object with minimum_utterances"
+            )
+        session_classifier = _load_classifier_entry(
+            bundle_dir, manifest, entry.get("classifier"), SESSION_CLASSIFIER, SESSION_CLASSIFIER_ARRAYS
+        )
+        _check_labels(manifest["labels"], [str(c) for c in getattr(session_classifier, "classes_", [])])
+        session = SessionModel(
+            classifier=session_classifier,
+            reference=_load_reference(bundle_dir, manifest, entry.get("reference"), SESSION_REFERENCE, dim),
+            minimum_utterances=max(1, int(entry["minimum_utterances"])),
+        )
+    return Bundle(
+        path=bundle_dir,
+        manifest=manifest,
+        classifier=classifier,
+        reference=reference,
+        session=session,
+        uncertainty=policy,
+    )

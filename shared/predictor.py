@@ -6,7 +6,7 @@ import dataclasses
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -16,8 +16,13 @@ from shared.bundle import Bundle, load_bundle
 from shared.classifier import ClassifierArrays
 from shared.constants import EMOTIONS, SAMPLE_RATE
 from shared.errors import BundleFormatError
+from shared.session import SessionStats
 
 log = logging.getLogger(__name__)
+
+
+#: The classifier that answered: the one for a single clip, or the one for session-normalised features.
+SINGLE, SESSION = "single", "session"
 
 
 @dataclass(frozen=True)
@@ -28,11 +33,24 @@ class Prediction:
         label: the most probable emotion.
         confidence: its probability, in [0, 1].
         probabilities: every emotion of ``EMOTIONS`` (in that order) with its probability; they sum to 1.
+        uncertain: True when ``uncertain_reasons`` is not empty: the client should not act on ``label``.
+        uncertain_reasons: from ``shared.uncertainty.REASONS`` (out of distribution, low confidence).
+        ood_percentile: how far the features lie from the training data, as a percentile of the training
+            clips' own distances (None for a bundle without a feature reference).
+        classifier: ``"single"`` (no session statistics) or ``"session"`` (normalised with them).
+        session_utterances: how many utterances the session's statistics held (0 without a session).
+        features: the embedding ``[d]`` the prediction was made from (for session statistics).
     """
 
     label: str
     confidence: float
     probabilities: dict[str, float]
+    uncertain: bool = False
+    uncertain_reasons: tuple[str, ...] = ()
+    ood_percentile: float | None = None
+    classifier: str = SINGLE
+    session_utterances: int = 0
+    features: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -48,6 +66,9 @@ class ModelDescription:
         metrics, training: the manifest's evaluation figures and training record.
         created_at: when the bundle was written.
         path: the bundle folder.
+        session_minimum: utterances a session needs before its statistics are used; None when the
+            bundle has no session classifier.
+        uncertainty: the thresholds that flag a prediction uncertain, and whether distances are measured.
     """
 
     name: str
@@ -60,6 +81,8 @@ class ModelDescription:
     training: dict[str, Any]
     created_at: str | None
     path: str
+    session_minimum: int | None = None
+    uncertainty: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON values (labels as a list)."""
@@ -124,21 +147,54 @@ class Predictor:
         """Backbone embeddings, float32 ``[n, d]``."""
         return self.backbone.embed_batch(waveforms)
 
-    def classify(self, embeddings: np.ndarray) -> list[Prediction]:
-        """Classify embeddings ``[n, d]`` with the bundle's pipeline."""
+    @property
+    def session_minimum(self) -> int | None:
+        """Utterances a session needs before its statistics are used; None: the bundle has no session
+        classifier."""
+        return self.bundle.session.minimum_utterances if self.bundle.session else None
+
+    def classify(self, embeddings: np.ndarray, session: SessionStats | None = None) -> list[Prediction]:
+        """Classify embeddings ``[n, d]``.
+
+        Without ``session``, or when it holds fewer utterances than ``session_minimum`` (or the bundle has
+        no session classifier), the single-clip classifier answers; otherwise the embeddings are
+        normalised with the session's statistics and the session classifier answers.
+        """
         if len(embeddings) == 0:
             return []
-        proba = self.bundle.classifier.predict_proba(sanitize_features(embeddings))[:, self._columns]
+        features = sanitize_features(embeddings)
+        model = self.bundle.session
+        if session is not None and model is not None and session.utterances >= model.minimum_utterances:
+            inputs = sanitize_features(session.normalise(features))
+            classifier, reference, path = model.classifier, model.reference, SESSION
+        else:
+            inputs, classifier, reference, path = (
+                features,
+                self.bundle.classifier,
+                self.bundle.reference,
+                SINGLE,
+            )
+        proba = classifier.predict_proba(inputs)[:, self._columns]
         proba = np.clip(proba, 0.0, None)
         proba = proba / proba.sum(axis=1, keepdims=True)
+        percentiles = None if reference is None else reference.percentile(inputs)
+        policy = self.bundle.uncertainty
         results = []
-        for row in proba:
+        for i, row in enumerate(proba):
             best = int(np.argmax(row))
+            percentile = None if percentiles is None else round(float(percentiles[i]), 2)
+            reasons = policy.reasons(float(row[best]), percentile)
             results.append(
                 Prediction(
                     label=EMOTIONS[best],
                     confidence=float(row[best]),
                     probabilities={label: float(p) for label, p in zip(EMOTIONS, row, strict=True)},
+                    uncertain=bool(reasons),
+                    uncertain_reasons=reasons,
+                    ood_percentile=percentile,
+                    classifier=path,
+                    session_utterances=0 if session is None else session.utterances,
+                    features=np.asarray(embeddings[i]),
                 )
             )
         return results
@@ -176,4 +232,9 @@ class Predictor:
             training=m.get("training", {}),
             created_at=m.get("created_at"),
             path=str(self.bundle.path),
+            session_minimum=self.session_minimum,
+            uncertainty={
+                **self.bundle.uncertainty.to_dict(),
+                "distance_reference": self.bundle.reference is not None,
+            },
         )

@@ -107,11 +107,11 @@ def synthetic_dataset(
 def build_synthetic_bundle(
     artifacts: Path, spec: BackboneSpec, *, name: str = "synthetic", version: str = "1", per_class: int = 8
 ) -> Path:
-    """Fit the real pipeline on generated clips embedded by ``spec``'s backbone and write a bundle (with
-    the training recipe's own ``fit_bundle``)."""
+    """Fit the real pipelines on generated clips embedded by ``spec``'s backbone and write a bundle (with
+    the training recipe's own ``fit_bundle``; its 4 speakers give it a session classifier)."""
     from training.recipe import fit_bundle
 
-    waves, labels, _ = synthetic_dataset(per_class)
+    waves, labels, speakers = synthetic_dataset(per_class)
     backbone = build_backbone(spec)
     return fit_bundle(
         backbone.embed_batch(waves),
@@ -121,4 +121,22 @@ def build_synthetic_bundle(
         name=name,
         version=version,
         training={"corpus": "synthetic", "n_utterances": len(waves)},
+        speakers=speakers,
     )
+
+
+RAVDESS_CODES = {"neutral": "01", "happy": "03", "sad": "04", "angry": "05", "fear": "06", "disgust": "07"}
+
+
+def fake_ravdess(root: Path, actors: int = 4) -> Path:
+    """A small RAVDESS-shaped corpus of generated voices (the real naming scheme and folder layout)."""
+    for actor in range(1, actors + 1):
+        folder = root / f"Actor_{actor:02d}"
+        folder.mkdir(parents=True)
+        for label, code in RAVDESS_CODES.items():
+            for intensity in ("01",) if label == "neutral" else ("01", "02"):
+                for statement in ("01", "02"):
+                    seed = hash((actor, label, intensity, statement)) % 10_000
+                    wave = synthetic_clip(label, 1.3 + 0.1 * int(statement), seed=seed)
+                    sf.write(folder / f"03-01-{code}-{intensity}-{statement}-01-{actor:02d}.wav", wave, 16000)
+    return root

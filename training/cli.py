@@ -21,6 +21,7 @@ from typing import Any
 from shared.backbones import BACKBONE_KINDS, EncoderOptions
 from shared.errors import SERError
 from shared.loudness import DEFAULT_LEVEL_DBFS
+from training.pipeline import CLASSIFIERS
 from training.recipe import DEFAULT_HUBERT, TrainingRecipe
 
 
@@ -50,9 +51,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="train, evaluate and export a bundle")
-    run.add_argument("--corpus", required=True, choices=("cremad", "ravdess", "csv"))
     run.add_argument(
-        "--data-dir", required=True, type=Path, help="the corpus folder (for --corpus csv: the CSV file)"
+        "--corpus",
+        required=True,
+        action="append",
+        choices=("cremad", "ravdess", "csv"),
+        help="the corpus; give --corpus and --data-dir several times to train on several corpora together",
+    )
+    run.add_argument(
+        "--data-dir",
+        required=True,
+        action="append",
+        type=Path,
+        help="the corpus folder (for --corpus csv: the CSV file), one per --corpus, in the same order",
     )
     run.add_argument("--backbone", default="hubert", choices=BACKBONE_KINDS)
     run.add_argument("--model", default=DEFAULT_HUBERT, help="hub id or local folder of the speech encoder")
@@ -80,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--pca-components", type=int, default=200)
     run.add_argument("--svm-c", type=float, default=1.0, help="the SVM's C (default 1, scikit-learn's)")
+    run.add_argument(
+        "--classifier",
+        choices=CLASSIFIERS,
+        default="svm",
+        help="svm (default), or ensemble: soft voting of the SVM, a logistic regression and a random forest "
+        "(served through scikit-learn)",
+    )
     run.add_argument("--name", default=None, help="bundle name (default: <corpus>-<backbone>)")
     run.add_argument(
         "--version", default=None, help="bundle version (default: UTC timestamp); never overwritten"
@@ -100,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir", required=True, type=Path, help="the corpus folder (for --corpus csv: the CSV file)"
     )
     ev.add_argument("--out", required=True, type=Path, help="folder for report.json, report.md and the PNGs")
+    ev.add_argument(
+        "--session-by",
+        choices=("speaker",),
+        default=None,
+        help="treat each speaker's clips as one session, normalised with its own statistics "
+        "(default: every clip alone, as a request without a session)",
+    )
     ev.add_argument("--cache-dir", type=Path, default=None, help="embedding cache (default <out>/.cache)")
     _add_encoder_flags(ev)
     ev.add_argument("--no-progress", action="store_true")
@@ -121,8 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
 def recipe_from_args(args: argparse.Namespace) -> TrainingRecipe:
     """The ``run`` command's flags as a recipe."""
     return TrainingRecipe(
-        corpus=args.corpus,
-        data_dir=args.data_dir,
+        corpus=args.corpus[0],
+        data_dir=args.data_dir[0],
+        extra_corpora=tuple(zip(args.corpus[1:], args.data_dir[1:], strict=True)),
         backbone=args.backbone,
         model=str(args.model),
         revision=args.revision,
@@ -137,6 +163,7 @@ def recipe_from_args(args: argparse.Namespace) -> TrainingRecipe:
         seed=args.seed,
         pca_components=args.pca_components,
         svm_c=args.svm_c,
+        classifier=args.classifier,
         name=args.name,
         version=args.version,
         out=args.out,
@@ -164,7 +191,12 @@ def run(args: argparse.Namespace) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "run" and len(args.corpus) != len(args.data_dir):
+        parser.error(
+            f"{len(args.corpus)} --corpus but {len(args.data_dir)} --data-dir: give one --data-dir per --corpus"
+        )
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -184,6 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 encoder_from_args(args),
                 embedding_cache=args.cache_dir,
                 progress=not args.no_progress,
+                session_by=args.session_by,
             )
             print(evaluation_markdown(scores))
             print(f"report written to {args.out}")

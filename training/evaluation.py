@@ -31,7 +31,9 @@ from sklearn.metrics import (
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from shared.constants import EMOTIONS
-from shared.predictor import Prediction, sanitize_features
+from shared.predictor import SESSION, Prediction, sanitize_features
+from shared.session import normalise_groups
+from shared.uncertainty import REASONS, FeatureReference, Uncertainty
 from training.pipeline import make_pipeline
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,9 @@ class CVResult:
     proba: list[list[float]]
     fold_accuracy: list[float]
     fold_uar: list[float]
+    #: why each out-of-fold prediction is uncertain (``shared.uncertainty``; empty: it is not).
+    uncertain: list[tuple[str, ...]] = field(default_factory=list)
+    session: bool = False
     notes: list[str] = field(default_factory=list)
     #: speakers of each fold's test side (grouped protocol only), for audit.
     test_speakers: list[list[str]] = field(default_factory=list)
@@ -68,7 +73,9 @@ class CVResult:
         return {
             "protocol": self.protocol,
             "folds": self.folds,
+            "session_normalised": self.session,
             **classification_metrics(self.y_true, self.y_pred, np.asarray(self.proba)),
+            **uncertainty_metrics(self.y_true, self.y_pred, self.uncertain),
             "fold_accuracy_mean": float(np.mean(self.fold_accuracy)),
             "fold_accuracy_std": float(np.std(self.fold_accuracy)),
             "fold_unweighted_accuracy_mean": float(np.mean(self.fold_uar)),
@@ -114,10 +121,45 @@ def probability_scores(y_true: Sequence[str], proba: np.ndarray) -> dict[str, An
     }
 
 
+def uncertainty_metrics(
+    y_true: Sequence[str], y_pred: Sequence[str], reasons: Sequence[Sequence[str]]
+) -> dict[str, Any]:
+    """How many predictions are flagged uncertain (and why), and how the others fare.
+
+    - ``uncertain_rate``: the share flagged; ``uncertain_reasons``: the share flagged for each reason;
+    - ``certain_n``, ``certain_accuracy``, ``certain_unweighted_accuracy`` and ``certain_largest_share``
+      (the largest share of the unflagged predictions one emotion takes) over the predictions not flagged.
+    """
+    if len(reasons) != len(y_true):
+        return {}
+    flagged = np.array([bool(r) for r in reasons], dtype=bool)
+    t, p = np.asarray(y_true), np.asarray(y_pred)
+    kept = ~flagged
+    out: dict[str, Any] = {
+        "uncertain_rate": float(flagged.mean()) if len(t) else 0.0,
+        "uncertain_reasons": {
+            reason: float(np.mean([reason in r for r in reasons])) if len(t) else 0.0 for reason in REASONS
+        },
+        "certain_n": int(kept.sum()),
+    }
+    if kept.any():
+        out["certain_accuracy"] = float(accuracy_score(t[kept], p[kept]))
+        out["certain_unweighted_accuracy"] = float(balanced_accuracy_score(t[kept], p[kept]))
+        out["certain_largest_share"] = max(float(np.mean(p[kept] == label)) for label in EMOTIONS)
+    return out
+
+
 def prediction_metrics(y_true: Sequence[str], predictions: Sequence[Prediction]) -> dict[str, Any]:
-    """``classification_metrics`` of the predictor's own outputs (labels and probabilities)."""
+    """``classification_metrics`` and ``uncertainty_metrics`` of the predictor's own outputs."""
     proba = np.array([[p.probabilities[label] for label in EMOTIONS] for p in predictions])
-    return classification_metrics(y_true, [p.label for p in predictions], proba)
+    labels = [p.label for p in predictions]
+    return {
+        **classification_metrics(y_true, labels, proba),
+        **uncertainty_metrics(y_true, labels, [p.uncertain_reasons for p in predictions]),
+        "session_share": float(np.mean([p.classifier == SESSION for p in predictions]))
+        if predictions
+        else 0.0,
+    }
 
 
 def classification_metrics(
@@ -196,22 +238,33 @@ def cross_validate(
     folds: int = 5,
     seed: int = 0,
     pipeline_options: dict[str, Any] | None = None,
+    session: bool = False,
+    uncertainty: Uncertainty | None = None,
 ) -> CVResult:
     """Out-of-fold predictions of the classifier pipeline under ``protocol``.
+
+    Each fold's predictions are also judged as the service judges them: a ``FeatureReference`` of the
+    fold's training part and ``uncertainty`` (the defaults) flag the uncertain ones.
 
     Args:
         x: embeddings ``[n, d]``.
         labels, speakers: aligned with ``x``.
         protocol: ``"speaker_grouped"`` (no speaker in both train and test) or ``"random"``.
         folds: k; fewer speakers than k means one fold per speaker (noted in the result).
+        session: z-score each speaker's features with that speaker's own statistics first
+            (``shared.session.normalise_groups``). A speaker's statistics come from that speaker's clips
+            alone, so no test speaker's statistics reach a training fold, and a test speaker is normalised
+            as the service normalises a session: with all of its utterances.
 
     Raises:
         EvaluationError: the data cannot be split (one speaker, or a fold's training side lacks an emotion).
     """
     y = np.asarray(labels)
     groups = np.asarray(speakers)
-    x = sanitize_features(x)
+    x = sanitize_features(normalise_groups(x, groups) if session else x)
+    policy = uncertainty or Uncertainty()
     splits, folds, notes = _splits(protocol, y, groups, folds, seed)
+    reasons: list[tuple[str, ...]] = [()] * len(y)
     y_pred = np.empty(len(y), dtype=object)
     proba = np.zeros((len(y), len(EMOTIONS)))
     fold_acc, fold_uar, test_speakers = [], [], []
@@ -227,19 +280,14 @@ def cross_validate(
                 f"a {protocol} training fold has too few clips of some emotion ({counts}); every emotion needs "
                 "at least 2 clips in each fold's training part: use more data or fewer folds"
             )
-        model = make_pipeline(
-            len(train),
-            x.shape[1],
-            min_class_count=min(counts.values()),
-            seed=seed,
-            **(pipeline_options or {}),
+        fold_proba, fold_reasons = _fit_and_judge(
+            x[train], y[train], x[test], seed=seed, pipeline_options=pipeline_options, policy=policy
         )
-        model.fit(x[train], y[train])
-        columns = [list(model.classes_).index(label) for label in EMOTIONS]
-        fold_proba = model.predict_proba(x[test])[:, columns]
         pred = np.asarray(EMOTIONS)[fold_proba.argmax(axis=1)]
         y_pred[test] = pred
         proba[test] = fold_proba
+        for i, why in zip(test, fold_reasons, strict=True):
+            reasons[i] = why
         fold_acc.append(float(accuracy_score(y[test], pred)))
         fold_uar.append(float(balanced_accuracy_score(y[test], pred)))
     return CVResult(
@@ -250,9 +298,81 @@ def cross_validate(
         proba=proba.tolist(),
         fold_accuracy=fold_acc,
         fold_uar=fold_uar,
+        uncertain=reasons,
+        session=session,
         notes=notes,
         test_speakers=test_speakers,
     )
+
+
+def _fit_and_judge(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    *,
+    seed: int,
+    pipeline_options: dict[str, Any] | None,
+    policy: Uncertainty,
+) -> tuple[np.ndarray, list[tuple[str, ...]]]:
+    """Probabilities ``[n_test, 6]`` (``EMOTIONS`` order) of a pipeline fitted on the training part, and why
+    each is uncertain (a ``FeatureReference`` of the training part)."""
+    counts = [int(np.sum(y_train == label)) for label in EMOTIONS]
+    model = make_pipeline(
+        len(x_train), x_train.shape[1], min_class_count=min(counts), seed=seed, **(pipeline_options or {})
+    )
+    model.fit(x_train, y_train)
+    columns = [list(model.classes_).index(label) for label in EMOTIONS]
+    proba = model.predict_proba(x_test)[:, columns]
+    percentiles = FeatureReference.fit(x_train).percentile(x_test)
+    reasons = [policy.reasons(float(row.max()), float(p)) for row, p in zip(proba, percentiles, strict=True)]
+    return proba, reasons
+
+
+def leave_one_corpus_out(
+    x: np.ndarray,
+    labels: Sequence[str],
+    speakers: Sequence[str],
+    corpora: Sequence[str],
+    *,
+    seed: int = 0,
+    pipeline_options: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Train on every corpus but one and test on that one, for each corpus: how the model does on a
+    corpus it has never seen, with each clip alone (``single``) and with each test speaker's clips
+    normalised by that speaker's statistics (``session``; training speakers by their own).
+
+    Returns one row per corpus: ``corpus``, ``n_train``, ``n_test`` and, per mode, ``classification_metrics``
+    and ``uncertainty_metrics``; a corpus whose training side lacks 2 clips of some emotion gets ``skipped``.
+    """
+    y, groups, which = np.asarray(labels), np.asarray(speakers), np.asarray(corpora)
+    plain = sanitize_features(x)
+    normalised = sanitize_features(normalise_groups(x, groups))
+    policy = Uncertainty()
+    rows: list[dict[str, Any]] = []
+    for corpus in sorted(set(which.tolist())):
+        test = which == corpus
+        row: dict[str, Any] = {"corpus": corpus, "n_train": int((~test).sum()), "n_test": int(test.sum())}
+        counts = {label: int(np.sum(y[~test] == label)) for label in EMOTIONS}
+        if min(counts.values()) < 2:
+            row["skipped"] = f"the other corpora lack 2 clips of some emotion ({counts})"
+            rows.append(row)
+            continue
+        for mode, features in (("single", plain), ("session", normalised)):
+            proba, reasons = _fit_and_judge(
+                features[~test],
+                y[~test],
+                features[test],
+                seed=seed,
+                pipeline_options=pipeline_options,
+                policy=policy,
+            )
+            pred = [EMOTIONS[i] for i in proba.argmax(axis=1)]
+            row[mode] = {
+                **classification_metrics(y[test].tolist(), pred, proba),
+                **uncertainty_metrics(y[test].tolist(), pred, reasons),
+            }
+        rows.append(row)
+    return rows
 
 
 def confusion_png(metrics: dict[str, Any], title: str) -> bytes:
@@ -349,23 +469,26 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"- backbone: {json.dumps(report['backbone'], sort_keys=True)}",
         "",
     ]
-    grouped, rand = report["evaluation"].get("speaker_grouped"), report["evaluation"].get("random")
+    evaluation = report["evaluation"]
+    grouped, rand = evaluation.get("speaker_grouped"), evaluation.get("random")
     lines += [
         "## Results",
         "",
-        "| protocol | folds | accuracy | unweighted accuracy | macro F1 | ECE | NLL | Brier |",
-        "|---|---|---|---|---|---|---|---|",
+        "| protocol | folds | accuracy | unweighted accuracy | macro F1 | ECE | NLL | Brier | uncertain |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for m in (grouped, rand):
+    names = {
+        "speaker_grouped": "speaker-grouped, single clip (headline)",
+        "speaker_grouped_session": "speaker-grouped, session-normalised by speaker",
+        "random": "random split (leaks speakers)",
+    }
+    for key, name in names.items():
+        m = evaluation.get(key)
         if m:
-            name = (
-                "speaker-grouped (headline)"
-                if m["protocol"] == "speaker_grouped"
-                else "random split (leaks speakers)"
-            )
             lines.append(
                 f"| {name} | {m['folds']} | {_pct(m['accuracy'])} | {_pct(m['unweighted_accuracy'])} | "
-                f"{_pct(m['macro_f1'])} | {m['ece']:.3f} | {m['nll']:.3f} | {m['brier']:.3f} |"
+                f"{_pct(m['macro_f1'])} | {m['ece']:.3f} | {m['nll']:.3f} | {m['brier']:.3f} | "
+                f"{_pct(m.get('uncertain_rate', 0.0))} |"
             )
     if grouped and rand:
         gap = rand["unweighted_accuracy"] - grouped["unweighted_accuracy"]
@@ -379,7 +502,8 @@ def report_markdown(report: dict[str, Any]) -> str:
             "",
             "ECE is the expected calibration error over 15 confidence bins (see reliability.png); NLL the "
             "mean negative log-likelihood of the true emotion; Brier the mean squared error of the six "
-            "probabilities.",
+            "probabilities; uncertain the share of predictions the service would flag (out of distribution "
+            "or low confidence).",
             "",
             "## Per emotion (speaker-grouped)",
             "",
@@ -404,6 +528,24 @@ def report_markdown(report: dict[str, Any]) -> str:
         for row in report["layer_sweep"]:
             mark = " (chosen)" if row["layer"] == report["backbone"].get("layer") else ""
             lines.append(f"| {row['layer']}{mark} | {_pct(row['unweighted_accuracy'])} |")
+    if report.get("leave_one_corpus_out"):
+        lines += [
+            "",
+            "## Leave one corpus out (trained on the others, tested on it)",
+            "",
+            "| corpus | test clips | UA alone | UA session-normalised | uncertain alone | largest share alone |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row in report["leave_one_corpus_out"]:
+            if "single" not in row:
+                lines.append(f"| {row['corpus']} | {row['n_test']} | skipped: {row['skipped']} | | | |")
+                continue
+            single, session = row["single"], row["session"]
+            lines.append(
+                f"| {row['corpus']} | {row['n_test']} | {_pct(single['unweighted_accuracy'])} | "
+                f"{_pct(session['unweighted_accuracy'])} | {_pct(single['uncertain_rate'])} | "
+                f"{_pct(max(single['prediction_share'].values()))} |"
+            )
     if report.get("evaluation_skipped"):
         lines += ["", f"Cross-validation skipped: {report['evaluation_skipped']}"]
     return "\n".join(lines) + "\n"
@@ -419,10 +561,14 @@ def evaluation_markdown(report: dict[str, Any]) -> str:
         f"{report['failed']}",
         f"- backbone: {json.dumps(report['backbone'], sort_keys=True)}, served in {report['serving_dtype']}",
         "",
-        "| clips | accuracy | unweighted accuracy | macro F1 | ECE | NLL | Brier |",
-        "|---|---|---|---|---|---|---|",
+        f"- sessions: {report.get('session_by') or 'none'} (share of predictions by the session classifier: "
+        f"{_pct(report.get('session_share', 0.0))})",
+        "",
+        "| clips | accuracy | unweighted accuracy | macro F1 | ECE | NLL | Brier | uncertain |",
+        "|---|---|---|---|---|---|---|---|",
         f"| {report['n']} | {_pct(report['accuracy'])} | {_pct(report['unweighted_accuracy'])} | "
-        f"{_pct(report['macro_f1'])} | {report['ece']:.3f} | {report['nll']:.3f} | {report['brier']:.3f} |",
+        f"{_pct(report['macro_f1'])} | {report['ece']:.3f} | {report['nll']:.3f} | {report['brier']:.3f} | "
+        f"{_pct(report.get('uncertain_rate', 0.0))} |",
         "",
         "| emotion | recall | precision | clips | share of predictions |",
         "|---|---|---|---|---|",

@@ -21,15 +21,19 @@ import numpy as np
 
 from shared.backbones import Backbone, BackboneSpec, EncoderOptions, build_backbone
 from shared.bundle import save_bundle
+from shared.constants import EMOTIONS
 from shared.loudness import DEFAULT_LEVEL_DBFS
-from shared.predictor import Predictor
-from training.corpora import Corpus, CorpusError, prepare_corpus
+from shared.predictor import Predictor, sanitize_features
+from shared.session import MIN_SESSION_UTTERANCES, SessionStats, normalise_groups
+from shared.uncertainty import FeatureReference, Uncertainty
+from training.corpora import Corpus, CorpusError, corpus_of, prepare_corpora, prepare_corpus
 from training.embeddings import ExtractionResult, extract_embeddings
 from training.evaluation import (
     EvaluationError,
     confusion_png,
     cross_validate,
     evaluation_markdown,
+    leave_one_corpus_out,
     prediction_metrics,
     reliability_png,
     report_markdown,
@@ -40,7 +44,16 @@ log = logging.getLogger(__name__)
 
 DEFAULT_HUBERT = "facebook/hubert-large-ll60k"
 #: The metrics of each protocol that go into a bundle's manifest (the report has them all).
-MANIFEST_METRICS = ("folds", "accuracy", "unweighted_accuracy", "macro_f1", "ece", "nll", "brier")
+MANIFEST_METRICS = (
+    "folds",
+    "accuracy",
+    "unweighted_accuracy",
+    "macro_f1",
+    "ece",
+    "nll",
+    "brier",
+    "uncertain_rate",
+)
 
 
 @dataclass(frozen=True)
@@ -49,13 +62,17 @@ class TrainingRecipe:
 
     Attributes:
         corpus: ``cremad``, ``ravdess`` or ``csv``; ``data_dir`` its folder (for ``csv``: the CSV file).
+        extra_corpora: more ``(corpus, data_dir)`` pairs trained on together (``combine_corpora``); with
+            two corpora or more (or a CSV with a ``corpus`` column) the report has a leave-one-corpus-out
+            table.
         backbone: ``hubert`` (any Hugging Face speech encoder: ``model`` at ``revision``) or ``egemaps``.
         layer, layer_end, pooling: which hidden state(s) to pool, and how (see ``BackboneSpec``).
         level_dbfs, trim_silence: the input normalisation recorded in the spec (``shared.loudness``);
             ``level_dbfs=None`` turns the level normalisation off.
         layers: sweep these layers by speaker-grouped UA and keep the best (``hubert`` only).
         folds, random_cv, seed: the cross-validation (speaker-grouped always; random beside it).
-        pca_components, svm_c: the classifier.
+        pca_components, svm_c, classifier: the classifier (``svm``, or ``ensemble``: soft voting of the
+            SVM, a logistic regression and a random forest; see ``training.pipeline``).
         name, version: the bundle's (defaults ``<corpus>-<backbone>`` and a UTC timestamp).
         out: the artifacts root; ``embedding_cache`` the embedding cache (default ``<out>/.cache``).
         progress: show a progress bar while embedding.
@@ -63,6 +80,7 @@ class TrainingRecipe:
 
     corpus: str
     data_dir: Path
+    extra_corpora: tuple[tuple[str, Path], ...] = ()
     backbone: str = "hubert"
     model: str = DEFAULT_HUBERT
     revision: str | None = None
@@ -77,6 +95,7 @@ class TrainingRecipe:
     seed: int = 0
     pca_components: int = DEFAULT_PCA_COMPONENTS
     svm_c: float = 1.0
+    classifier: str = "svm"
     name: str | None = None
     version: str | None = None
     out: Path = Path("artifacts")
@@ -100,7 +119,10 @@ class TrainingRecipe:
 
     @property
     def pipeline_options(self) -> dict[str, Any]:
-        return {"pca_components": self.pca_components, "C": self.svm_c}
+        options: dict[str, Any] = {"pca_components": self.pca_components, "C": self.svm_c}
+        if self.classifier != "svm":
+            options["classifier"] = self.classifier
+        return options
 
 
 @dataclass
@@ -116,6 +138,31 @@ def backbone_record(backbone: Backbone) -> dict[str, Any]:
     return {**backbone.spec.to_dict(), "dim": backbone.dim, "dtype": backbone.dtype, **backbone.fingerprint}
 
 
+def _fit_pipeline(x: np.ndarray, labels: Sequence[str], seed: int, options: dict[str, Any] | None) -> Any:
+    counts = {label: list(labels).count(label) for label in set(labels)}
+    pipeline = make_pipeline(
+        len(x),
+        x.shape[1],
+        min_class_count=min(counts.values()) if counts else 0,
+        seed=seed,
+        **(options or {}),
+    )
+    return pipeline.fit(x, np.asarray(labels))
+
+
+def session_training_rows(labels: Sequence[str], speakers: Sequence[str]) -> np.ndarray | None:
+    """Rows of the speakers with at least ``MIN_SESSION_UTTERANCES`` clips, when those speakers number
+    2 or more and give every emotion 2 clips; None otherwise (no session classifier can be fitted)."""
+    groups = np.asarray(speakers)
+    names, counts = np.unique(groups, return_counts=True)
+    enough = set(names[counts >= MIN_SESSION_UTTERANCES].tolist())
+    rows = np.flatnonzero([g in enough for g in groups.tolist()])
+    kept = [labels[int(i)] for i in rows]
+    if len(enough) < 2 or min(kept.count(label) for label in EMOTIONS) < 2:
+        return None
+    return rows
+
+
 def fit_bundle(
     embeddings: np.ndarray,
     labels: Sequence[str],
@@ -129,21 +176,40 @@ def fit_bundle(
     pipeline_options: dict[str, Any] | None = None,
     seed: int = 0,
     extra_files: dict[str, bytes] | None = None,
+    speakers: Sequence[str] | None = None,
 ) -> Path:
-    """Fit the classifier on all of ``embeddings`` ``[n, d]`` and write the bundle; returns its folder.
+    """Fit the classifiers on all of ``embeddings`` ``[n, d]`` and write the bundle; returns its folder.
+
+    The bundle holds the single-clip classifier and the reference of its features; given ``speakers``,
+    also the session classifier, fitted on the features z-scored per speaker (the speakers with at least
+    ``MIN_SESSION_UTTERANCES`` clips), and its reference.
 
     Raises:
         ValueError: an emotion has fewer than 2 clips. BundleError: the bundle cannot be written.
     """
-    counts = {label: list(labels).count(label) for label in set(labels)}
-    pipeline = make_pipeline(
-        len(embeddings),
-        embeddings.shape[1],
-        min_class_count=min(counts.values()) if counts else 0,
-        seed=seed,
-        **(pipeline_options or {}),
-    )
-    pipeline.fit(embeddings, np.asarray(labels))
+    x = sanitize_features(embeddings)
+    pipeline = _fit_pipeline(x, labels, seed, pipeline_options)
+    session: dict[str, Any] = {}
+    rows = None if speakers is None else session_training_rows(labels, speakers)
+    if rows is not None:
+        assert speakers is not None
+        groups = [speakers[i] for i in rows]
+        normalised = sanitize_features(normalise_groups(x[rows], groups))
+        session = {
+            "session_pipeline": _fit_pipeline(normalised, [labels[i] for i in rows], seed, pipeline_options),
+            "session_reference": FeatureReference.fit(normalised),
+            "session": {
+                "minimum_utterances": MIN_SESSION_UTTERANCES,
+                "normalisation": "per-session z-score of each feature (shared.session)",
+                "speakers": len(set(groups)),
+                "clips": len(rows),
+            },
+        }
+    elif speakers is not None:
+        log.warning(
+            "no session classifier: it needs 2 speakers with %d clips or more, covering every emotion",
+            MIN_SESSION_UTTERANCES,
+        )
     return save_bundle(
         artifacts,
         name=name,
@@ -153,6 +219,9 @@ def fit_bundle(
         training=training,
         metrics=metrics or {},
         extra_files=extra_files,
+        reference=FeatureReference.fit(x),
+        uncertainty=Uncertainty(),
+        **session,
     )
 
 
@@ -206,12 +275,16 @@ def _evaluate(
     """Each protocol's cross-validated metrics, and why any was skipped."""
     evaluation: dict[str, Any] = {}
     skipped = None
-    protocols = ["speaker_grouped"] + (["random"] if recipe.random_cv else [])
+    runs = [
+        ("speaker_grouped", "speaker_grouped", False),
+        ("speaker_grouped_session", "speaker_grouped", True),
+    ]
+    runs += [("random", "random", False)] if recipe.random_cv else []
     if not corpus.speaker_known:
-        protocols = [p for p in protocols if p != "speaker_grouped"]
+        runs = [run for run in runs if run[1] != "speaker_grouped"]
         skipped = "speakers unknown (no 'speaker' column): speaker-grouped cross-validation is impossible"
     try:
-        for protocol in protocols:
+        for key, protocol, session in runs:
             cv = cross_validate(
                 x,
                 labels,
@@ -220,11 +293,12 @@ def _evaluate(
                 folds=recipe.folds,
                 seed=recipe.seed,
                 pipeline_options=recipe.pipeline_options,
+                session=session,
             )
-            m = evaluation[protocol] = cv.metrics()
+            m = evaluation[key] = cv.metrics()
             log.info(
                 "%s %d-fold CV: accuracy %.3f, unweighted accuracy %.3f, macro F1 %.3f",
-                protocol,
+                key,
                 m["folds"],
                 m["accuracy"],
                 m["unweighted_accuracy"],
@@ -244,7 +318,7 @@ def train_bundle(recipe: TrainingRecipe, encoder: EncoderOptions | None = None) 
     """
     encoder = encoder or EncoderOptions()
     recipe.spec(recipe.layer)  # a spec the flags cannot make fails now, before the corpus is read
-    corpus = prepare_corpus(recipe.corpus, recipe.data_dir)
+    corpus = prepare_corpora([(recipe.corpus, recipe.data_dir), *recipe.extra_corpora])
     summary = corpus.summary()
     log.info("corpus %s: %d clips, %d speakers", corpus.name, summary["n_utterances"], summary["n_speakers"])
 
@@ -255,7 +329,26 @@ def train_bundle(recipe: TrainingRecipe, encoder: EncoderOptions | None = None) 
     speakers = [u.speaker for u in used]
     evaluation, skipped = _evaluate(recipe, corpus, res.embeddings, labels, speakers)
 
-    name = recipe.name or f"{recipe.corpus}-{recipe.backbone}"
+    corpora = [corpus_of(u, corpus.name) for u in used]
+    cross_corpus: list[dict[str, Any]] = []
+    if len(set(corpora)) > 1:
+        cross_corpus = leave_one_corpus_out(
+            res.embeddings,
+            labels,
+            speakers,
+            corpora,
+            seed=recipe.seed,
+            pipeline_options=recipe.pipeline_options,
+        )
+        for row in cross_corpus:
+            if "single" in row:
+                log.info(
+                    "trained without %s, tested on it: UA %.3f alone, %.3f session-normalised",
+                    row["corpus"],
+                    row["single"]["unweighted_accuracy"],
+                    row["session"]["unweighted_accuracy"],
+                )
+    name = recipe.name or f"{corpus.name.replace('+', '-')}-{recipe.backbone}"
     version = recipe.version or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     headline = evaluation.get("speaker_grouped") or evaluation.get("random")
     metrics = {key: {k: v for k, v in m.items() if k in MANIFEST_METRICS} for key, m in evaluation.items()}
@@ -271,6 +364,7 @@ def train_bundle(recipe: TrainingRecipe, encoder: EncoderOptions | None = None) 
         "backbone": backbone_record(backbone),
         "evaluation": evaluation,
         "layer_sweep": sweep,
+        "leave_one_corpus_out": cross_corpus,
         "evaluation_skipped": skipped,
         "seed": recipe.seed,
         "pipeline": recipe.pipeline_options,
@@ -297,15 +391,29 @@ def train_bundle(recipe: TrainingRecipe, encoder: EncoderOptions | None = None) 
             "corpus": summary,
             "n_used": len(used),
             "failed": len(res.failed),
-            "protocol": "speaker-grouped stratified k-fold CV (headline); random stratified k-fold beside it",
+            "protocol": "speaker-grouped stratified k-fold CV (headline), also with each speaker z-scored by "
+            "its own statistics (the session classifier); random stratified k-fold beside them",
             "seed": recipe.seed,
         },
         metrics=metrics,
         pipeline_options=recipe.pipeline_options,
         seed=recipe.seed,
         extra_files=extra,
+        speakers=speakers if corpus.speaker_known else None,
     )
     return TrainingResult(folder=folder, report=report)
+
+
+def classify_by_session(predictor: Predictor, embeddings: np.ndarray, sessions: Sequence[str]) -> list[Any]:
+    """Predictions of embeddings ``[n, d]``, each session's with that session's statistics, in order."""
+    keys = np.asarray(sessions)
+    out: list[Any] = [None] * len(keys)
+    for key in np.unique(keys):
+        rows = np.flatnonzero(keys == key)
+        stats = SessionStats.of(embeddings[rows])
+        for i, prediction in zip(rows, predictor.classify(embeddings[rows], session=stats), strict=True):
+            out[i] = prediction
+    return out
 
 
 def evaluate_bundle(
@@ -317,13 +425,17 @@ def evaluate_bundle(
     *,
     embedding_cache: Path | None = None,
     progress: bool = True,
+    session_by: str | None = None,
 ) -> dict[str, Any]:
     """Score the bundle at ``bundle`` on a labelled corpus; writes ``report.json``, ``report.md``,
     ``confusion_matrix.png`` and ``reliability.png`` to ``out`` and returns the report.
 
     The predictions are the service's: the bundle's backbone run as ``encoder`` says, then its classifier
-    as served. The report holds ``classification_metrics`` (accuracy, UA, macro F1, ECE, NLL, Brier,
-    per-class recall, the confusion matrix, ``prediction_share``) and which files failed.
+    as served. With ``session_by="speaker"`` each speaker's clips form one session, as a client's
+    ``session_id`` would: they are classified with that speaker's statistics (``Predictor.classify``).
+    The report holds ``classification_metrics`` (accuracy, UA, macro F1, ECE, NLL, Brier, per-class
+    recall, the confusion matrix, ``prediction_share``), ``uncertainty_metrics`` (``uncertain_rate``...)
+    and which files failed.
 
     Raises:
         SERError: the bundle or the corpus is refused, or the encoder cannot be loaded.
@@ -343,7 +455,12 @@ def evaluate_bundle(
             f"(first failure: {result.failed[0][1] if result.failed else 'none'})"
         )
     used = [corpus.utterances[i] for i in result.ok]
-    predictions = predictor.classify(result.embeddings)
+    if session_by is None:
+        predictions = predictor.classify(result.embeddings)
+    elif session_by == "speaker":
+        predictions = classify_by_session(predictor, result.embeddings, [u.speaker for u in used])
+    else:
+        raise ValueError(f"unknown session grouping {session_by!r}; accepted: speaker")
     description = predictor.describe()
     report: dict[str, Any] = {
         "bundle": {"name": description.name, "version": description.version, "path": description.path},
@@ -352,6 +469,7 @@ def evaluate_bundle(
         "data": corpus.summary(),
         "failed": len(result.failed),
         "failed_files": [{"path": str(corpus.utterances[i].path), "reason": why} for i, why in result.failed],
+        "session_by": session_by,
         **prediction_metrics([u.label for u in used], predictions),
     }
     report["ua"] = report["unweighted_accuracy"]  # the field's usual name in emotion-recognition papers
@@ -364,11 +482,12 @@ def evaluate_bundle(
     (out / "confusion_matrix.png").write_bytes(confusion_png(report, title))
     (out / "reliability.png").write_bytes(reliability_png(report, title))
     log.info(
-        "%s on %s: UA %.3f, ECE %.3f, largest prediction share %.0f%% (%s)",
+        "%s on %s: UA %.3f, ECE %.3f, %.0f%% uncertain, largest prediction share %.0f%% (%s)",
         description.name,
         corpus.name,
         report["unweighted_accuracy"],
         report["ece"],
+        100 * report["uncertain_rate"],
         100 * max(report["prediction_share"].values()),
         max(report["prediction_share"], key=report["prediction_share"].get),
     )

@@ -67,11 +67,16 @@ def test_a_quick_run_writes_every_variant_and_condition(real_data, tmp_path):
     assert result["variants"]["level+trim"]["spec"]["trim_silence"] is True
     assert result["variants"]["raw"]["spec"]["level_dbfs"] is None
     for entry in result["variants"].values():
-        assert set(entry["scores"]) == {"clean", "gain-20db", "telephone", "cremad_sample"}
-        for scores in entry["scores"].values():
-            assert 0 <= scores["ua"] <= 1 and 0 <= scores["ece"] <= 1 and 0 < scores["largest_share"] <= 1
-        assert entry["scores"]["cremad_sample"]["n"] == 12
-    assert "| raw |" in done.stdout and "wrote" in done.stdout
+        assert set(entry["scores"]) == {"single", "session"}
+        for mode, rows in entry["scores"].items():
+            assert set(rows) == {"clean", "gain-20db", "telephone", "cremad_sample"}
+            for scores in rows.values():
+                assert 0 <= scores["ua"] <= 1 and 0 <= scores["ece"] <= 1 and 0 < scores["largest_share"] <= 1
+                assert 0 <= scores["uncertain_rate"] <= 1
+            assert rows["cremad_sample"]["n"] == 12
+            assert rows["cremad_sample"]["session_share"] == 0.0  # 6 clips a speaker: under the minimum
+            assert rows["clean"]["session_share"] == (1.0 if mode == "session" else 0.0)
+    assert "| raw | single |" in done.stdout and "| raw | session |" in done.stdout and "wrote" in done.stdout
 
 
 def test_bad_arguments_are_refused_before_any_work(tmp_path):

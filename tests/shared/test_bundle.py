@@ -17,6 +17,7 @@ from shared.bundle import (
     CLASSIFIER_ARRAYS,
     FORMAT_VERSION,
     MANIFEST,
+    SESSION_REFERENCE,
     load_bundle,
     resolve_bundle_dir,
     save_bundle,
@@ -31,6 +32,8 @@ from shared.errors import (
     BundleLabelError,
     BundleNotFoundError,
 )
+from shared.session import normalise_groups
+from shared.uncertainty import FeatureReference, Uncertainty
 from training.pipeline import make_pipeline
 
 
@@ -251,3 +254,55 @@ def test_a_classifier_for_other_labels_cannot_be_saved(tmp_path):
         write(tmp_path, pipeline)
     with pytest.raises(BundleFormatError, match="not allowed"):
         save_bundle(tmp_path, name="../x", version="1", pipeline=pipeline, backbone={})
+
+
+def test_session_classifier_and_references_round_trip_and_are_verified(tmp_path, fitted):
+    pipeline, x = fitted
+    speakers = [f"s{i % 3}" for i in range(len(x))]
+    session_x = normalise_groups(x, speakers)
+    session_pipeline = make_pipeline(len(x), 10, min_class_count=6).fit(session_x, np.repeat(EMOTIONS, 6))
+    folder = save_bundle(
+        tmp_path,
+        name="demo",
+        version="s",
+        pipeline=pipeline,
+        backbone={**BackboneSpec(kind="egemaps").to_dict(), "dim": 10, "dtype": "fp32"},
+        reference=FeatureReference.fit(x),
+        session_pipeline=session_pipeline,
+        session_reference=FeatureReference.fit(session_x),
+        session={"minimum_utterances": 10},
+        uncertainty=Uncertainty(ood_percentile=98.0, confidence_threshold=0.3),
+    )
+    bundle = load_bundle(folder)
+    assert bundle.session is not None and bundle.session.minimum_utterances == 10
+    assert isinstance(bundle.session.classifier, ClassifierArrays)
+    assert bundle.reference is not None and bundle.session.reference is not None
+    assert bundle.uncertainty == Uncertainty(ood_percentile=98.0, confidence_threshold=0.3)
+    assert bundle.manifest["format_version"] == 1  # older services load it, and serve its single path
+    np.testing.assert_allclose(
+        bundle.session.classifier.predict_proba(session_x),
+        session_pipeline.predict_proba(session_x),
+        atol=1e-12,
+    )
+    damaged = copy_of(folder, tmp_path)
+    (damaged / SESSION_REFERENCE).write_bytes(b"damaged")
+    with pytest.raises(BundleIntegrityError, match="session_reference.npz"):
+        load_bundle(damaged)
+    rehash(damaged, SESSION_REFERENCE)
+    with pytest.raises(BundleFormatError, match="not a readable feature reference"):
+        load_bundle(damaged)
+    renamed = copy_of(folder, tmp_path / "b")
+    manifest = json.loads((renamed / MANIFEST).read_text())
+    manifest["uncertainty"]["reference"] = "../elsewhere.npz"
+    (renamed / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(BundleIntegrityError, match="expected reference.npz"):
+        load_bundle(renamed)
+    with pytest.raises(BundleFormatError, match="extra file name"):
+        save_bundle(
+            tmp_path,
+            name="demo",
+            version="t",
+            pipeline=pipeline,
+            backbone={**BackboneSpec(kind="egemaps").to_dict(), "dim": 10, "dtype": "fp32"},
+            extra_files={SESSION_REFERENCE: b"x"},
+        )

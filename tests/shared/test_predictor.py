@@ -8,7 +8,9 @@ from support import synthetic_clip
 
 from shared.backbones import EncoderOptions
 from shared.constants import EMOTIONS
-from shared.predictor import Predictor, sanitize_features
+from shared.predictor import SESSION, SINGLE, Predictor, sanitize_features
+from shared.session import MIN_SESSION_UTTERANCES, SessionStats
+from shared.uncertainty import OUT_OF_DISTRIBUTION
 
 
 def assert_same(a, b, tol: float = 1e-9) -> None:
@@ -87,3 +89,29 @@ def test_the_onnx_backend_serves_the_same_predictions(hubert_bundle):
     onnx = Predictor.from_bundle(hubert_bundle, EncoderOptions(backend="onnx")).predict_batch(waves)
     for a, b in zip(onnx, reference, strict=True):
         assert_same(a, b, tol=1e-4)
+
+
+def test_a_session_is_used_from_its_minimum_number_of_utterances(predictor):
+    minimum = predictor.session_minimum
+    assert minimum == MIN_SESSION_UTTERANCES
+    waves = [synthetic_clip(EMOTIONS[i % 6], 1.3, seed=700 + i) for i in range(minimum)]
+    x = predictor.embed_batch(waves)
+    alone = predictor.classify(x)
+    assert {p.classifier for p in alone} == {SINGLE} and alone[0].features is not None
+    short = predictor.classify(x[:3], session=SessionStats.of(x[: minimum - 1]))
+    assert {p.classifier for p in short} == {SINGLE}
+    assert [p.probabilities for p in short] == [p.probabilities for p in alone[:3]]
+    full = predictor.classify(x, session=SessionStats.of(x))
+    assert {p.classifier for p in full} == {SESSION} and full[0].session_utterances == minimum
+    assert [p.probabilities for p in full] != [p.probabilities for p in alone]
+    assert sum(p.label == EMOTIONS[i % 6] for i, p in enumerate(full)) >= minimum - 3
+
+
+def test_features_far_from_the_training_data_are_flagged_uncertain(predictor):
+    x = predictor.embed_batch([synthetic_clip("happy", 1.5, seed=11)])
+    ordinary = predictor.classify(x)[0]
+    assert ordinary.ood_percentile is not None and ordinary.ood_percentile < 99
+    far = predictor.classify(x * 5.0 + 10.0)[0]
+    assert far.uncertain and OUT_OF_DISTRIBUTION in far.uncertain_reasons and far.ood_percentile == 100.0
+    description = predictor.describe()
+    assert description.uncertainty["distance_reference"] is True and description.session_minimum == 10

@@ -8,31 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from support import synthetic_clip
+from support import fake_ravdess, synthetic_clip
 
 from shared.backbones import BackboneSpec, EncoderOptions, build_backbone
 from shared.bundle import load_bundle
 from shared.constants import EMOTIONS
 from shared.predictor import Predictor
+from shared.session import MIN_SESSION_UTTERANCES
 from training.cli import main
 from training.embeddings import EmbeddingCache, backbone_cache_key, extract_embeddings
 from training.evaluation import EvaluationError, classification_metrics, cross_validate, probability_scores
-
-RAVDESS_CODES = {"neutral": "01", "happy": "03", "sad": "04", "angry": "05", "fear": "06", "disgust": "07"}
-
-
-def fake_ravdess(root: Path, actors: int = 4) -> Path:
-    """A small RAVDESS-shaped corpus of generated voices (the real naming scheme and folder layout)."""
-    for actor in range(1, actors + 1):
-        folder = root / f"Actor_{actor:02d}"
-        folder.mkdir(parents=True)
-        for label, code in RAVDESS_CODES.items():
-            for intensity in ("01",) if label == "neutral" else ("01", "02"):
-                for statement in ("01", "02"):
-                    seed = hash((actor, label, intensity, statement)) % 10_000
-                    wave = synthetic_clip(label, 1.3 + 0.1 * int(statement), seed=seed)
-                    sf.write(folder / f"03-01-{code}-{intensity}-{statement}-01-{actor:02d}.wav", wave, 16000)
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -193,17 +178,28 @@ def test_run_writes_a_bundle_that_loads_and_predicts(tmp_path, corpus_dir, capsy
     assert set(bundle.manifest["files"]) == {
         "classifier.skops",
         "classifier.npz",
+        "reference.npz",
+        "session_classifier.skops",
+        "session_classifier.npz",
+        "session_reference.npz",
         "report.json",
         "report.md",
         "confusion_matrix.png",
         "reliability.png",
     }
+    assert bundle.session is not None and bundle.session.minimum_utterances == MIN_SESSION_UTTERANCES
+    assert bundle.manifest["session"]["speakers"] == 4 and bundle.reference is not None
+    session_cv = report["evaluation"]["speaker_grouped_session"]
+    assert session_cv["session_normalised"] and session_cv["folds"] == 4
+    assert 0 <= grouped["uncertain_rate"] <= 1
     assert (bundle.path / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (bundle.path / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert 0 <= grouped["ece"] <= 1 and grouped["nll"] > 0 and 0 <= grouped["brier"] <= 2
     assert sum(grouped["prediction_share"].values()) == pytest.approx(1.0)
     assert {"ece", "nll", "brier"} <= set(bundle.manifest["metrics"]["speaker_grouped"])
-    assert "speaker-grouped (headline)" in (bundle.path / "report.md").read_text()
+    markdown = (bundle.path / "report.md").read_text()
+    assert "speaker-grouped, single clip (headline)" in markdown
+    assert "session-normalised by speaker" in markdown
     assert bundle.manifest["metrics"]["headline"] == "speaker_grouped"
     assert bundle.manifest["training"]["corpus"]["n_utterances"] == 88
     predictor = Predictor.from_bundle(bundle.path)

@@ -25,6 +25,9 @@ __all__ = [
     "DownloadReport",
     "Utterance",
     "download_cremad",
+    "combine_corpora",
+    "corpus_of",
+    "prepare_corpora",
     "prepare_corpus",
     "prepare_cremad",
     "prepare_csv",
@@ -59,3 +62,40 @@ def prepare_corpus(name: str, data_dir: Path, **options: Any) -> Corpus:
     except TypeError as exc:
         raise CorpusError(f"corpus {name!r}: bad options {sorted(options)} ({exc})") from None
     return recipe(Path(data_dir), **options)
+
+
+def corpus_of(utterance: Utterance, default: str) -> str:
+    """The corpus an utterance comes from: its ``meta["corpus"]`` (a CSV's ``corpus`` column, or set by
+    ``combine_corpora``), else ``default``."""
+    return str(utterance.meta.get("corpus") or default)
+
+
+def combine_corpora(corpora: list[Corpus]) -> Corpus:
+    """Several corpora as one: each utterance records its corpus in ``meta["corpus"]`` and its speaker
+    becomes ``"<corpus>:<speaker>"``, so speakers of different corpora never merge. A corpus given twice
+    is told apart by its position (``csv1``, ``csv2``).
+
+    Raises:
+        CorpusError: no corpus given.
+    """
+    if not corpora:
+        raise CorpusError("no corpus given")
+    if len(corpora) == 1:
+        return corpora[0]
+    names = [c.name for c in corpora]
+    labels = [n if names.count(n) == 1 else f"{n}{i + 1}" for i, n in enumerate(names)]
+    utterances: list[Utterance] = []
+    excluded: list[tuple[Path, str]] = []
+    for label, corpus in zip(labels, corpora, strict=True):
+        for u in corpus.utterances:
+            meta = {**u.meta, "corpus": label}
+            utterances.append(Utterance(u.path, u.label, f"{label}:{u.speaker}", meta))
+        excluded.extend(corpus.excluded)
+    return Corpus(
+        name="+".join(labels), root=corpora[0].root, utterances=tuple(utterances), excluded=tuple(excluded)
+    )
+
+
+def prepare_corpora(pairs: list[tuple[str, Path]]) -> Corpus:
+    """Run each ``(name, folder)`` recipe and ``combine_corpora`` the results (one pair: that corpus as is)."""
+    return combine_corpora([prepare_corpus(name, data_dir) for name, data_dir in pairs])

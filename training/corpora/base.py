@@ -85,8 +85,9 @@ class Corpus:
 
         Keys: ``name``, ``root``, ``n_utterances``, ``n_speakers``, ``speaker_known``, ``labels``
         (count per emotion, in ``EMOTIONS`` order, zeros included), ``utterances_per_speaker``,
-        ``excluded`` (count), ``excluded_reasons`` (count per reason) and, when any utterance's
-        ``meta`` has a ``sex``, ``speakers_by_sex`` and ``utterances_by_sex``.
+        ``excluded`` (count), ``excluded_reasons`` (count per reason), ``corpora`` (clips per corpus,
+        when utterances record one in ``meta["corpus"]``) and, when any utterance's ``meta`` has a
+        ``sex``, ``speakers_by_sex`` and ``utterances_by_sex``.
         """
         label_counts = Counter(u.label for u in self.utterances)
         per_speaker = Counter(u.speaker for u in self.utterances)
@@ -101,6 +102,9 @@ class Corpus:
             "excluded": len(self.excluded),
             "excluded_reasons": dict(sorted(Counter(reason for _, reason in self.excluded).items())),
         }
+        corpora = Counter(str(u.meta["corpus"]) for u in self.utterances if u.meta.get("corpus"))
+        if corpora:
+            summary["corpora"] = dict(sorted(corpora.items()))
         if any("sex" in u.meta for u in self.utterances):
             sex_of_speaker = {u.speaker: str(u.meta.get("sex") or "unknown") for u in self.utterances}
             summary["speakers_by_sex"] = dict(sorted(Counter(sex_of_speaker.values()).items()))
