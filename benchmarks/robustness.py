@@ -117,7 +117,10 @@ def run(args: argparse.Namespace, say: Any) -> dict[str, Any]:
         "backbone": args.backbone,
         "model": args.model,
         "train": {"actors": f"{TRAIN_ACTORS.start}-{TRAIN_ACTORS.stop - 1}", "clips": len(train)},
-        "test": {"actors": "17-24", "clips": len(test)},
+        "test": {
+            "actors": ",".join(map(str, QUICK_TEST_ACTORS)) if args.quick else "17-24",
+            "clips": len(test),
+        },
         "conditions": list(args.conditions),
         "variants": {},
     }

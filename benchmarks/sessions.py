@@ -7,7 +7,8 @@ speakers (the session one on features z-scored by each training speaker's own st
 speaker's clips arrive one by one in a random order, as one session. Utterance ``n`` of a session is
 classified by the single-clip classifier while ``n < minimum``, else normalised with the statistics of
 utterances ``1..n``. It prints UA per minimum (and with each test speaker's statistics from all of its
-clips, the offline case) and writes JSON. Needs ``SER_TEST_DATA``; eGeMAPS features, cached.
+clips, the offline case), and, by position in the session, the UA of each classifier on the same
+utterances (where the session classifier starts to win is the minimum to choose), and writes JSON. Needs ``SER_TEST_DATA``; eGeMAPS features, cached.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from training.pipeline import make_pipeline
 
 DEFAULT_OUT = Path("bench-results/sessions.json")
 DEFAULT_MINIMA = ("1", "3", "5", "10", "20", "all")
+#: Positions in a session (from 1) over which the two classifiers are compared utterance by utterance.
+POSITIONS = ((1, 2), (3, 4), (5, 9), (10, 19), (20, 10_000))
 
 
 def _fit(x: np.ndarray, y: np.ndarray, seed: int) -> Any:
@@ -53,6 +56,9 @@ def replay(
     """Speaker-grouped 5-fold replay of sessions; UA of every clip per minimum."""
     x = sanitize_features(x)
     predictions: dict[str, np.ndarray] = {m: np.empty(len(y), dtype=object) for m in minima}
+    position = np.zeros(len(y), dtype=int)
+    running_pred = np.empty(len(y), dtype=object)
+    alone_pred = np.empty(len(y), dtype=object)
     splitter = StratifiedGroupKFold(n_splits=5, shuffle=True, random_state=seed)
     rng = np.random.default_rng(seed)
     for train, test in splitter.split(x, y, speakers):
@@ -72,15 +78,28 @@ def replay(
             by_running = _predict(session, sanitize_features(running))
             by_offline = _predict(session, sanitize_features(offline))
             by_alone = alone[np.searchsorted(test, order)]
+            position[order] = np.arange(1, len(order) + 1)
+            running_pred[order], alone_pred[order] = by_running, by_alone
             for minimum in minima:
                 if minimum == "all":
                     predictions[minimum][order] = by_offline
                     continue
                 n = np.arange(1, len(order) + 1)
                 predictions[minimum][order] = np.where(n >= int(minimum), by_running, by_alone)
+    by_position = {}
+    for low, high in POSITIONS:
+        rows = (position >= low) & (position <= high)
+        by_position[f"{low}-{high}" if high < 10_000 else f"{low}+"] = {
+            "n": int(rows.sum()),
+            "single_ua": float(balanced_accuracy_score(y[rows], alone_pred[rows].astype(str))),
+            "session_ua": float(balanced_accuracy_score(y[rows], running_pred[rows].astype(str))),
+        }
     return {
-        m: {"ua": float(balanced_accuracy_score(y, predictions[m].astype(str))), "n": int(len(y))}
-        for m in minima
+        "ua_by_minimum": {
+            m: {"ua": float(balanced_accuracy_score(y, predictions[m].astype(str))), "n": int(len(y))}
+            for m in minima
+        },
+        "ua_by_position": by_position,
     }
 
 
@@ -125,15 +144,22 @@ def main(argv: list[str] | None = None) -> int:
         "backbone": backbone.spec.to_dict(),
         "protocol": "speaker-grouped 5-fold; each test speaker's clips one session, in a random order",
         "seconds": round(time.time() - started, 1),
-        "ua_by_minimum": scores,
+        **scores,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print("| minimum utterances | UA |")
     print("|---|---|")
-    for minimum, entry in scores.items():
+    for minimum, entry in scores["ua_by_minimum"].items():
         label = "all of the speaker's clips (offline)" if minimum == "all" else minimum
         print(f"| {label} | {entry['ua']:.3f} |")
+    print()
+    print(
+        "| utterance's position in its session | clips | UA, single-clip classifier | UA, running session statistics |"
+    )
+    print("|---|---|---|---|")
+    for span, entry in scores["ua_by_position"].items():
+        print(f"| {span} | {entry['n']} | {entry['single_ua']:.3f} | {entry['session_ua']:.3f} |")
     print(f"wrote {args.out}")
     return 0
 

@@ -52,8 +52,25 @@ def load_predictor(settings: ServiceSettings, bundle_dir: Path) -> Predictor:
     return Predictor.from_bundle(bundle_dir, settings.encoder_options())
 
 
-#: What a batch request's session is: the batch itself, when it names no session_id.
-BATCH_SESSION = "batch"
+@dataclass(frozen=True)
+class SessionRequest:
+    """The session a request's utterances belong to.
+
+    Attributes:
+        session_id: the client's session, whose statistics the store keeps; None: the request's own
+            uploads are the session (a batch sent with ``session=true``), and nothing is kept.
+        owner: who the session belongs to (a digest of the API key; empty without API keys): the same
+            ``session_id`` under two keys is two sessions.
+    """
+
+    session_id: str | None = None
+    owner: str = ""
+
+    @property
+    def store_key(self) -> str:
+        """The key in the store: the id, after ``<owner>/`` where there is an owner ('/' is not allowed
+        in an id, so the two cannot be confused)."""
+        return f"{self.owner}/{self.session_id}" if self.owner else str(self.session_id)
 
 
 @dataclass(frozen=True)
@@ -61,8 +78,7 @@ class Served:
     """One utterance's prediction with its duration and stage timings (seconds).
 
     Attributes:
-        session: the session it was classified in: a client ``session_id``, ``BATCH_SESSION`` for a
-            batch marked as one session, or None.
+        session: the session it was classified in, or None.
     """
 
     prediction: Prediction
@@ -72,7 +88,7 @@ class Served:
     inference_s: float
     total_s: float
     batch_size: int
-    session: str | None = None
+    session: SessionRequest | None = None
 
 
 def _run_in_daemon_thread(fn: Callable[[], T], name: str) -> concurrent.futures.Future[T]:
@@ -261,23 +277,23 @@ class InferenceEngine:
         call = functools.partial(context.run, load_audio, data, self.limits)
         return await asyncio.get_running_loop().run_in_executor(self._decode_pool, call)
 
-    async def predict_bytes(self, data: bytes, session_id: str | None = None) -> Served:
+    async def predict_bytes(self, data: bytes, session: SessionRequest | None = None) -> Served:
         """Decode one upload and predict it (a request of one: ``predict_many``'s path).
 
-        With ``session_id``, the utterance's features join that session's statistics, and once the
+        With a ``session``, the utterance's features join that session's statistics, and once the
         session holds enough utterances it is classified with them (``Predictor.classify``).
 
         Raises:
             NotReadyError, OverloadedError, RequestTimeoutError; AudioError from decoding; whatever the
             model raised.
         """
-        outcome = (await self.predict_many([data], session=session_id))[0]
+        outcome = (await self.predict_many([data], session=session))[0]
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome
 
     async def predict_many(
-        self, uploads: Sequence[bytes], session: str | None = None
+        self, uploads: Sequence[bytes], session: SessionRequest | None = None
     ) -> list[Served | BaseException]:
         """Decode and predict several uploads that share model batches; one outcome each, in order.
 
@@ -285,12 +301,13 @@ class InferenceEngine:
         its ``Served`` or the exception it alone would have raised.
 
         Args:
-            session: None (each upload alone), ``BATCH_SESSION`` (the uploads are one session: its
-                statistics are theirs, and are not kept), or a client session id (their features join
-                that session's statistics in the store).
+            session: None (each upload alone), or the session they belong to (``SessionRequest``): a
+                client's session, whose statistics in the store they join, or, without a session id,
+                the uploads themselves (their own statistics, not kept).
 
         Raises:
-            NotReadyError, OverloadedError: the request as a whole is refused.
+            NotReadyError, OverloadedError: the request as a whole is refused (also when the service
+                stops while the session's statistics are applied).
         """
         with self._admit(len(uploads)) as reservation:
             outcomes: list[Served | BaseException] = list(
@@ -303,20 +320,28 @@ class InferenceEngine:
         return await self._in_session(outcomes, session)
 
     async def _in_session(
-        self, outcomes: list[Served | BaseException], session: str
+        self, outcomes: list[Served | BaseException], session: SessionRequest
     ) -> list[Served | BaseException]:
         """Classify the served utterances again with their session's statistics (or say they were
-        too few); errors stay as they are."""
+        too few); errors stay as they are. ``Predictor.classify`` only reads the bundle, so it runs on
+        the decode pool beside the inference thread."""
         served = [(i, o) for i, o in enumerate(outcomes) if isinstance(o, Served)]
-        predictor, store = self.predictor, self.sessions
-        if not served or predictor is None or store is None:
+        if not served:
             return outcomes
+        predictor, store, pool = self.predictor, self.sessions, self._decode_pool
+        if predictor is None or store is None or pool is None or self.state != "ready":
+            raise NotReadyError("the service is shutting down; retry on another instance")
         features = np.stack([np.asarray(o.prediction.features) for _, o in served])
-        stats = SessionStats.of(features) if session == BATCH_SESSION else store.add(session, features)
-        assert self._decode_pool is not None
+        if session.session_id is None:
+            stats = SessionStats.of(features)
+        else:
+            stats = store.add(session.store_key, features)
         context = contextvars.copy_context()
         call = functools.partial(context.run, predictor.classify, features, stats)
-        predictions = await asyncio.get_running_loop().run_in_executor(self._decode_pool, call)
+        try:
+            predictions = await asyncio.get_running_loop().run_in_executor(pool, call)
+        except RuntimeError as exc:  # the pool was shut down by stop() meanwhile
+            raise NotReadyError("the service is shutting down; retry on another instance") from exc
         out = list(outcomes)
         for (i, o), prediction in zip(served, predictions, strict=True):
             out[i] = dataclasses.replace(o, prediction=prediction, session=session)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
 import logging
 import secrets
 from collections.abc import Awaitable
@@ -18,7 +19,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from service.engine import BATCH_SESSION, InferenceEngine, Served
+from service.engine import InferenceEngine, Served, SessionRequest
 from service.errors import (
     ClientDisconnectedError,
     InvalidBase64Error,
@@ -296,7 +297,7 @@ def to_response(served: Served, engine: InferenceEngine, request_id: str) -> Pre
     session = None
     if served.session is not None:
         session = SessionInfo(
-            id=None if served.session == BATCH_SESSION else served.session,
+            id=served.session.session_id,
             utterances=p.session_utterances,
             minimum_utterances=engine.description.session_minimum if engine.description else None,
         )
@@ -347,26 +348,37 @@ SessionIdQuery = Annotated[
 ]
 
 
-def session_of(request: Request) -> str | None:
-    """The request's checked ``session_id`` query parameter, or None.
+def owner_of(request: Request) -> str:
+    """Who a session belongs to: a digest of the request's API key where keys are configured (one
+    client cannot read, extend or delete another's sessions), else empty (ids are shared)."""
+    if not request.app.state.settings.api_keys:
+        return ""
+    return hashlib.sha256(request.headers.get("x-api-key", "").encode()).hexdigest()[:16]
+
+
+def session_of(request: Request, *, whole_request: bool = False) -> SessionRequest | None:
+    """The request's session: its checked ``session_id`` query parameter, or, with ``whole_request``
+    (a batch sent with ``session=true``), the request itself; None otherwise.
 
     Raises:
-        InvalidSessionIdError: it is too long or malformed.
+        InvalidSessionIdError: the id is too long, malformed or given twice.
     """
     values = request.query_params.getlist("session_id")
     if len(values) > 1:
         raise InvalidSessionIdError("session_id is given more than once; give it once")
-    return check_session_id(values[0]) if values else None
+    if values:
+        return SessionRequest(check_session_id(values[0]), owner_of(request))
+    return SessionRequest() if whole_request else None
 
 
 async def _predict_one(
     request: Request, engine: InferenceEngine, metrics: ServiceMetrics, endpoint: str
 ) -> PredictionResponse:
     try:
-        session_id = session_of(request)
+        session = session_of(request)
         engine.check_ready()  # refuse before reading the body
         data, filename = await read_single_audio(request)
-        served = await unless_disconnected(request, engine.predict_bytes(data, session_id))
+        served = await unless_disconnected(request, engine.predict_bytes(data, session))
     except SERError as exc:
         metrics.predictions.labels(endpoint, exc.error_type).inc()
         if not isinstance(exc, ClientDisconnectedError):
@@ -451,14 +463,11 @@ async def predict_batch(
     endpoint = "/v1/predict/batch"
     request_id = request_id_of(request)
     try:
-        named = session_of(request)
+        grouping = session_of(request, whole_request=session)
         engine.check_ready()
         files = await read_batch_audio(request, engine.settings.max_batch_files)
         outcomes = await unless_disconnected(
-            request,
-            engine.predict_many(
-                [data for data, _ in files], session=named or (BATCH_SESSION if session else None)
-            ),
+            request, engine.predict_many([data for data, _ in files], session=grouping)
         )
     except SERError as exc:
         metrics.predictions.labels(endpoint, exc.error_type).inc()
@@ -496,11 +505,11 @@ async def predict_batch(
     summary="Forget a session's statistics",
     tags=["prediction"],
 )
-async def delete_session(session_id: str, engine: EngineDep) -> Response:
+async def delete_session(session_id: str, request: Request, engine: EngineDep) -> Response:
     """Drop the running statistics of `session_id` now (they also expire on their own when unused)."""
-    check_session_id(session_id)
+    session = SessionRequest(check_session_id(session_id), owner_of(request))
     engine.check_ready()
-    if engine.sessions is None or not engine.sessions.delete(session_id):
+    if engine.sessions is None or not engine.sessions.delete(session.store_key):
         raise NotFoundError(f"no session {session_id!r}: it was never used, was deleted, or expired")
     return Response(status_code=204)
 

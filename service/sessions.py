@@ -8,11 +8,15 @@ two timestamps: no audio, no embedding, no prediction.
 It is bounded three ways, all settings:
 
 - count: at most ``max_sessions`` sessions (``SER_SESSION_MAX``);
-- memory: at most ``memory_mb`` MiB of statistics (``SER_SESSION_MEMORY_MB``), which caps the count further
-  for large embeddings (a session of 1024-d embeddings holds 24 KiB);
+- memory: at most ``memory_mb`` MiB of statistics arrays (``SER_SESSION_MEMORY_MB``), which caps the
+  count further for large embeddings (a session of 1024-d embeddings holds 24 KiB; each session also
+  costs about 1 KiB of Python objects);
 - time: a session unused for ``ttl_s`` seconds (``SER_SESSION_TTL_S``) is dropped.
 
-A new session in a full store evicts the least recently used one. Every eviction is logged and counted
+Sessions are keyed by their owner (a digest of the client's API key, where keys are configured) and id,
+so one client cannot read, extend or delete another's; without API keys, ids are shared by every client,
+which should then use ids nobody can guess (a UUID). A new session in a full store evicts the least
+recently used one. Every eviction is logged and counted
 (``ser_session_evictions_total{reason}``: ``capacity`` or ``expired``); ``ser_sessions`` is the number held.
 The store is used from the event loop only, so it needs no lock.
 """
@@ -34,7 +38,7 @@ from shared.session import SessionStats
 log = logging.getLogger(__name__)
 
 #: What a ``session_id`` may be: 1-64 characters, letters, digits and ``. _ : -``, starting alphanumeric.
-SESSION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
+SESSION_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}"
 SESSION_ID_MAX_LENGTH = 64
 _SESSION_ID = re.compile(SESSION_ID_PATTERN)
 
@@ -49,7 +53,7 @@ def check_session_id(value: str) -> str:
         raise InvalidSessionIdError(
             f"session_id is {len(value)} characters long; at most {SESSION_ID_MAX_LENGTH} are accepted"
         )
-    if not _SESSION_ID.match(value):
+    if not _SESSION_ID.fullmatch(value):
         raise InvalidSessionIdError(
             f"session_id {value[:SESSION_ID_MAX_LENGTH]!r} is malformed: use 1-{SESSION_ID_MAX_LENGTH} "
             "letters, digits, '.', '_', ':' or '-', starting with a letter or digit"
@@ -131,7 +135,8 @@ class SessionStore:
         return None if entry is None else entry.stats.copy()
 
     def delete(self, session_id: str) -> bool:
-        """Forget a session; returns whether it existed."""
+        """Forget a session; returns whether it existed (an expired one does not)."""
+        self.expire()
         return self._entries.pop(session_id, None) is not None
 
     def expire(self, now: float | None = None) -> int:

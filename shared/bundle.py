@@ -113,7 +113,7 @@ TRUSTED_TYPES: tuple[str, ...] = (
 )
 
 _REQUIRED_KEYS = ("format_version", "name", "version", "labels", "backbone", "classifier", "files")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -241,7 +241,7 @@ def save_bundle(
         BundleLabelError: the pipeline's classes are not the six emotions.
     """
     for what, value in (("name", name), ("version", version)):
-        if not _NAME_RE.match(value):
+        if not _NAME_RE.fullmatch(value):
             raise BundleFormatError(
                 f"bundle {what} {value!r} is not allowed: use letters, digits, '.', '_' and '-' (at most 128)"
             )

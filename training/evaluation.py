@@ -127,6 +127,7 @@ def uncertainty_metrics(
     """How many predictions are flagged uncertain (and why), and how the others fare.
 
     - ``uncertain_rate``: the share flagged; ``uncertain_reasons``: the share flagged for each reason;
+      ``uncertain_accuracy``: how often the flagged ones are right;
     - ``certain_n``, ``certain_accuracy``, ``certain_unweighted_accuracy`` and ``certain_largest_share``
       (the largest share of the unflagged predictions one emotion takes) over the predictions not flagged.
     """
@@ -142,6 +143,8 @@ def uncertainty_metrics(
         },
         "certain_n": int(kept.sum()),
     }
+    if flagged.any():
+        out["uncertain_accuracy"] = float(accuracy_score(t[flagged], p[flagged]))
     if kept.any():
         out["certain_accuracy"] = float(accuracy_score(t[kept], p[kept]))
         out["certain_unweighted_accuracy"] = float(balanced_accuracy_score(t[kept], p[kept]))
@@ -254,7 +257,9 @@ def cross_validate(
         session: z-score each speaker's features with that speaker's own statistics first
             (``shared.session.normalise_groups``). A speaker's statistics come from that speaker's clips
             alone, so no test speaker's statistics reach a training fold, and a test speaker is normalised
-            as the service normalises a session: with all of its utterances.
+            as the service normalises a batch sent as one session: with all of its utterances. Every
+            speaker is normalised, however few its clips (the bundle's session classifier is fitted on
+            the speakers with ``MIN_SESSION_UTTERANCES`` clips or more).
 
     Raises:
         EvaluationError: the data cannot be split (one speaker, or a fold's training side lacks an emotion).
@@ -336,17 +341,22 @@ def leave_one_corpus_out(
     *,
     seed: int = 0,
     pipeline_options: dict[str, Any] | None = None,
+    sessions: bool = True,
 ) -> list[dict[str, Any]]:
     """Train on every corpus but one and test on that one, for each corpus: how the model does on a
-    corpus it has never seen, with each clip alone (``single``) and with each test speaker's clips
-    normalised by that speaker's statistics (``session``; training speakers by their own).
+    corpus it has never seen, with each clip alone (``single``) and, with ``sessions`` (the speakers are
+    known), with each test speaker's clips normalised by that speaker's statistics (``session``; training
+    speakers by their own). Speakers are told apart within their corpus only.
 
     Returns one row per corpus: ``corpus``, ``n_train``, ``n_test`` and, per mode, ``classification_metrics``
     and ``uncertainty_metrics``; a corpus whose training side lacks 2 clips of some emotion gets ``skipped``.
     """
-    y, groups, which = np.asarray(labels), np.asarray(speakers), np.asarray(corpora)
+    y, which = np.asarray(labels), np.asarray(corpora)
+    groups = np.asarray([f"{c}\x00{s}" for c, s in zip(corpora, speakers, strict=True)])
     plain = sanitize_features(x)
-    normalised = sanitize_features(normalise_groups(x, groups))
+    modes = [("single", plain)]
+    if sessions:
+        modes.append(("session", sanitize_features(normalise_groups(x, groups))))
     policy = Uncertainty()
     rows: list[dict[str, Any]] = []
     for corpus in sorted(set(which.tolist())):
@@ -357,7 +367,7 @@ def leave_one_corpus_out(
             row["skipped"] = f"the other corpora lack 2 clips of some emotion ({counts})"
             rows.append(row)
             continue
-        for mode, features in (("single", plain), ("session", normalised)):
+        for mode, features in modes:
             proba, reasons = _fit_and_judge(
                 features[~test],
                 y[~test],
@@ -540,10 +550,11 @@ def report_markdown(report: dict[str, Any]) -> str:
             if "single" not in row:
                 lines.append(f"| {row['corpus']} | {row['n_test']} | skipped: {row['skipped']} | | | |")
                 continue
-            single, session = row["single"], row["session"]
+            single, session = row["single"], row.get("session")
             lines.append(
                 f"| {row['corpus']} | {row['n_test']} | {_pct(single['unweighted_accuracy'])} | "
-                f"{_pct(session['unweighted_accuracy'])} | {_pct(single['uncertain_rate'])} | "
+                f"{_pct(session['unweighted_accuracy']) if session else '- (speakers unknown)'} | "
+                f"{_pct(single['uncertain_rate'])} | "
                 f"{_pct(max(single['prediction_share'].values()))} |"
             )
     if report.get("evaluation_skipped"):

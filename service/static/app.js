@@ -46,6 +46,7 @@
     resultFor: $("result-for"),
     resultLabel: $("result-label"),
     resultConfidence: $("result-confidence"),
+    resultUncertain: $("result-uncertain"),
     bars: $("bars"),
     waveform: $("waveform"),
     waveformCaption: $("waveform-caption"),
@@ -551,12 +552,27 @@
       `Waveform of the audio sent: ${preciseSeconds(buffer.duration)}, peak ${peakDb.replace("-", "−")}.`;
   }
 
+  // Why the service says not to trust the label ("" when it does not say so).
+  function uncertaintyText(body) {
+    if (!body.uncertain) return "";
+    const reasons = Array.isArray(body.uncertain_reasons) ? body.uncertain_reasons : [];
+    const text = [];
+    if (reasons.includes("out_of_distribution")) {
+      text.push("this recording is unlike the model's training data (a different microphone, room, noise or voice)");
+    }
+    if (reasons.includes("low_confidence")) text.push("no emotion clearly stands out");
+    return `Uncertain: ${text.join("; ") || "the model flags this prediction"}. Treat the label with caution.`;
+  }
+
   function renderResult(body, sent, roundTripMs) {
     const top = String(body.label);
     el.resultFor.textContent = `for ${sent.name}`;
     el.resultLabel.textContent = top;
     const confidence = Number(body.confidence);
     el.resultConfidence.textContent = Number.isFinite(confidence) ? `${percent(confidence)} confident` : "";
+    const why = uncertaintyText(body);
+    el.resultUncertain.textContent = why;
+    el.resultUncertain.hidden = !why;
     renderBars(body.probabilities, top);
 
     const model = body.model || {};
@@ -582,7 +598,9 @@
     drawWaveform(shownBuffer);
 
     announce(
-      `Result: ${top}` + (Number.isFinite(confidence) ? `, ${percent(confidence)} confident.` : "."),
+      `Result: ${top}` +
+        (Number.isFinite(confidence) ? `, ${percent(confidence)} confident.` : ".") +
+        (why ? ` ${why}` : ""),
     );
     const rect = el.resultSection.getBoundingClientRect();
     if (rect.top > window.innerHeight * 0.6 || rect.top < 0) {

@@ -62,7 +62,7 @@ def test_a_quick_run_writes_every_variant_and_condition(real_data, tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert set(result["variants"]) == {"raw", "level+trim"} and result["test"]["actors"] == "17-24"
+    assert set(result["variants"]) == {"raw", "level+trim"} and result["test"]["actors"] == "17,18"
     assert result["variants"]["level+trim"]["spec"]["level_dbfs"] == -26.0
     assert result["variants"]["level+trim"]["spec"]["trim_silence"] is True
     assert result["variants"]["raw"]["spec"]["level_dbfs"] is None

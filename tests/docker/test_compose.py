@@ -149,9 +149,9 @@ def test_train_command_parses_with_the_training_cli() -> None:
     assert command[:3] == ["python", "-m", "training"]
     args = cli.build_parser().parse_args(command[3:])
     assert args.command == "run"
-    assert (args.corpus, args.backbone, args.model) == ("cremad", "hubert", "facebook/hubert-large-ll60k")
+    assert (args.corpus, args.backbone, args.model) == (["cremad"], "hubert", "facebook/hubert-large-ll60k")
     assert Path(args.out) == Path("/artifacts")
-    assert Path("/data") in Path(args.data_dir).parents, "the corpus must be read from the /data mount"
+    assert Path("/data") in Path(args.data_dir[0]).parents, "the corpus must be read from the /data mount"
 
 
 def test_train_command_takes_its_settings_from_the_environment() -> None:

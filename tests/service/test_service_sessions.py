@@ -142,10 +142,39 @@ def test_the_store_is_bounded_by_count_memory_and_idle_time() -> None:
     assert stats.utterances == 3 and stats.total[0] == 4.0
     stats.add(x)  # a copy: the store's own statistics do not change
     assert store.get("s49").utterances == 3
+    now[0] = 200.0
+    assert store.delete("s49") is False  # expired: gone, whatever the sweep's timing
+    assert evicted.count("expired") == 4
 
 
 def test_session_ids_are_checked() -> None:
     assert check_session_id("call-42:caller_1.a") == "call-42:caller_1.a"
-    for bad in ("", "a" * 65, "a/b", "ünïcode", "a b"):
+    for bad in ("", "a" * 65, "a/b", "ünïcode", "a b", "abc\n", "abc\r\nforged log line"):
         with pytest.raises(InvalidSessionIdError):
             check_session_id(bad)
+
+
+def test_sessions_belong_to_their_api_key_and_batch_is_an_ordinary_id(egemaps_bundle: Path) -> None:
+    settings = ServiceSettings(bundle=egemaps_bundle, device="cpu", api_keys="k1,k2")  # type: ignore[arg-type]
+    with TestClient(create_app(settings)) as client:
+        ready_client(client)
+
+        def send(key: str, session_id: str) -> dict:
+            response = client.post(
+                "/v1/predict",
+                params={"session_id": session_id},
+                headers={"X-API-Key": key},
+                files={"file": ("a.wav", CLIPS[0], "audio/wav")},
+            )
+            assert response.status_code == 200, response.text
+            return response.json()["session"]
+
+        assert send("k1", "shared-name")["utterances"] == 1
+        assert send("k1", "shared-name")["utterances"] == 2
+        assert send("k2", "shared-name")["utterances"] == 1  # another client's session of the same name
+        assert client.delete("/v1/sessions/shared-name", headers={"X-API-Key": "k2"}).status_code == 204
+        assert send("k1", "shared-name")["utterances"] == 3  # k2 deleted only its own
+        assert send("k1", "batch") == {"id": "batch", "utterances": 1, "minimum_utterances": 10}
+        assert send("k1", "batch")["utterances"] == 2
+        assert client.delete("/v1/sessions/batch", headers={"X-API-Key": "k1"}).status_code == 204
+        assert client.delete("/v1/sessions/batch").status_code == 401

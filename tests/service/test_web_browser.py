@@ -292,6 +292,12 @@ def assert_result_matches(page: Any, expected: dict[str, Any]) -> None:
         f"{expected['model']['name']}, version {expected['model']['version']}"
     )
     sync_api.expect(page.locator("#result-time")).to_contain_text("ms in the service")
+    note = page.locator("#result-uncertain")
+    if expected["uncertain"]:
+        sync_api.expect(note).to_be_visible()
+        sync_api.expect(note).to_contain_text("Uncertain:")
+    else:
+        sync_api.expect(note).to_be_hidden()
 
 
 # --- tests ---------------------------------------------------------------------------------------
@@ -332,11 +338,45 @@ def test_upload_a_file_shows_the_label_six_bars_and_the_waveform(
     sync_api.expect(page.locator("#result-duration")).to_have_text("2.00 s")
     sync_api.expect(page.locator("#waveform-caption")).to_contain_text("2.00 s")
     assert drawn_pixels(page) > 1000
+    announced = f"Result: {expected['label']}, {100 * expected['confidence']:.1f}% confident."
     sync_api.expect(page.locator("#announce")).to_have_text(
-        f"Result: {expected['label']}, {100 * expected['confidence']:.1f}% confident."
+        re.compile("^" + re.escape(announced) + (r" Uncertain: .+$" if expected["uncertain"] else "$"))
     )
     assert len(ui.predict_requests) == 1
     page.screenshot(path=screenshot_dir / "03-upload-result.png", full_page=True)
+
+
+def fulfil_with(body: dict[str, Any]) -> Any:
+    """A route handler answering with ``body`` as JSON."""
+    return lambda route: route.fulfill(json=body)
+
+
+@pytest.mark.browser
+def test_an_uncertain_prediction_says_why_and_a_confident_one_says_nothing(
+    ui: PageUnderTest, server: str
+) -> None:
+    page = ui.open("/")
+    audio = wav_bytes(synthetic_clip("sad", 1.5, seed=5))
+    answer = api_predict(server, "sad.wav", audio).json()
+    for flagged, reasons, text in (
+        (True, ["out_of_distribution"], "unlike the model's training data"),
+        (True, ["low_confidence"], "no emotion clearly stands out"),
+        (False, [], None),
+    ):
+        body = {**answer, "uncertain": flagged, "uncertain_reasons": reasons}
+        page.unroute("**/v1/predict")
+        page.route("**/v1/predict", fulfil_with(body))
+        page.set_input_files(
+            "#file-input", files=[{"name": "sad.wav", "mimeType": "audio/wav", "buffer": audio}]
+        )
+        page.get_by_role("button", name="Analyse emotion").click()
+        sync_api.expect(page.locator("#result-label")).to_have_text(answer["label"])
+        note = page.locator("#result-uncertain")
+        if text is None:
+            sync_api.expect(note).to_be_hidden()
+        else:
+            sync_api.expect(note).to_contain_text(text)
+            sync_api.expect(page.locator("#announce")).to_contain_text(text)
 
 
 @pytest.mark.browser

@@ -76,3 +76,39 @@ def test_the_verdict_names_each_reason():
     assert policy.reasons(0.2, 10.0) == (LOW_CONFIDENCE,)
     assert policy.reasons(0.2, None) == (LOW_CONFIDENCE,)
     assert Uncertainty.from_dict(policy.to_dict()) == policy
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"fill": np.asarray(1.0)}, "do not fit together"),
+        ({"components": np.ones(8)}, "do not fit together"),
+        ({"quantiles": np.array([0.0, np.nan, 1.0])}, "not finite"),
+        ({"spread": np.zeros(8)}, "must be positive"),
+        ({"format_version": np.ones(2)}, "format version is not a number"),
+    ],
+)
+def test_a_damaged_reference_is_refused_with_a_reason(tmp_path, change, message):
+    reference = FeatureReference.fit(correlated(100, seed=0))
+    path = tmp_path / "reference.npz"
+    reference.save(path)
+    arrays = {**dict(np.load(path)), **change}
+    if "spread" in change:
+        arrays["spread"] = np.zeros_like(arrays["spread"])
+    np.savez(path, **arrays)
+    with pytest.raises(ValueError, match=message):
+        FeatureReference.load(path)
+
+
+def test_thresholds_out_of_range_are_refused():
+    for bad in ({"ood_percentile": float("nan")}, {"ood_percentile": 120}, {"confidence_threshold": -0.1}):
+        with pytest.raises(ValueError, match="must be within"):
+            Uncertainty.from_dict(bad)
+
+
+def test_a_reference_of_a_dozen_clips_still_tells_near_from_far():
+    train = correlated(12, seed=0)
+    reference = FeatureReference.fit(train)
+    assert len(set(np.round(reference.quantiles, 6))) > 5  # leave-one-out distances, not twelve equal ones
+    assert np.median(reference.percentile(correlated(50, seed=1))) > 5
+    assert np.all(reference.percentile(train + 100.0) == 100.0)

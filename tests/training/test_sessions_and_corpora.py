@@ -16,7 +16,7 @@ from shared.bundle import CLASSIFIER_ARRAYS, load_bundle
 from shared.constants import EMOTIONS
 from shared.predictor import Predictor
 from training.cli import main
-from training.corpora import combine_corpora, prepare_corpus
+from training.corpora import combine_corpora, corpus_of, prepare_corpus
 from training.evaluation import cross_validate, leave_one_corpus_out
 
 
@@ -179,3 +179,20 @@ def test_the_ensemble_is_trained_scored_and_served_through_scikit_learn(tmp_path
     results = predictor.predict_batch([synthetic_clip(label, 1.4, seed=321) for label in EMOTIONS])
     assert sum(r.label == label for r, label in zip(results, EMOTIONS, strict=True)) >= 4
     assert all(r.ood_percentile is not None for r in results)
+
+
+def test_a_csv_with_a_corpus_column_names_the_corpus_of_each_clip(tmp_path):
+    manifest = write_csv_corpus(tmp_path / "mixed", speakers=2, per_class=1)
+    rows = list(csv.DictReader(manifest.open()))
+    with open(manifest, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["path", "label", "speaker", "corpus"])
+        writer.writeheader()
+        writer.writerows({**row, "corpus": "studio" if row["speaker"] == "p0" else "phone"} for row in rows)
+    corpus = prepare_corpus("csv", manifest)
+    assert corpus.summary()["corpora"] == {"phone": 6, "studio": 6}
+    assert {corpus_of(u, corpus.name) for u in corpus.utterances} == {"phone", "studio"}
+    assert {u.speaker for u in corpus.utterances} == {"studio:p0", "phone:p1"}
+    assert (
+        corpus_of(prepare_corpus("csv", write_csv_corpus(tmp_path / "plain", 1, 1)).utterances[0], "csv")
+        == "csv"
+    )

@@ -9,6 +9,9 @@ The manifest has a header row. Columns:
   leave such rows out of the manifest.
 * ``speaker`` (optional but recommended): who speaks. Without it every clip is its own group,
   ``meta["speaker_known"]`` is False, and speaker-independent cross-validation is impossible.
+* ``corpus`` (optional): which corpus a clip comes from, for a manifest that mixes several; each
+  speaker is then named ``<corpus>:<speaker>`` (one id in two corpora is two speakers) and training
+  reports a leave-one-corpus-out table.
 * any other column is copied into ``meta`` as text.
 """
 
@@ -125,6 +128,8 @@ def prepare_csv(manifest: Path) -> Corpus:
         meta["row"] = line
         meta["speaker_known"] = has_speaker
         speaker = record["speaker"] if has_speaker else _relative_name(path, root)
+        if record.get("corpus"):
+            speaker = f"{record['corpus']}:{speaker}"
         utterances.append(Utterance(path=path, label=label, speaker=speaker, meta=meta))
 
     problems = []
