@@ -298,6 +298,7 @@ def save_bundle(
             "files": files,
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+        staging.chmod(0o755)  # mkdtemp makes it private; a bundle is read by other users (a service account)
         staging.rename(final)  # atomic: a half-written bundle is never visible under its version
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -306,3 +306,8 @@ def test_session_classifier_and_references_round_trip_and_are_verified(tmp_path,
             backbone={**BackboneSpec(kind="egemaps").to_dict(), "dim": 10, "dtype": "fp32"},
             extra_files={SESSION_REFERENCE: b"x"},
         )
+
+
+def test_a_bundle_folder_is_readable_by_other_users(tmp_path, fitted):
+    folder = write(tmp_path, fitted[0], version="perm")
+    assert folder.stat().st_mode & 0o755 == 0o755
