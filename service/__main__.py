@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import signal
 import sys
 from pathlib import Path
+
+#: The exit status when the model cannot be loaded (2 is a usage error: bad settings, no bundle).
+LOAD_FAILURE_EXIT = 3
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -21,7 +25,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", help="interface to listen on (default: SER_HOST or 127.0.0.1)")
     parser.add_argument("--port", type=int, help="TCP port (default: SER_PORT or 8000)")
     parser.add_argument(
-        "--bundle", type=Path, help="bundle folder or artifacts root (default: SER_BUNDLE or ./artifacts)"
+        "--bundle",
+        type=Path,
+        help="bundle folder or artifacts root (default: SER_BUNDLE, else ./artifacts when it holds a bundle, "
+        "else the built-in demo model)",
     )
     return parser.parse_args(argv)
 
@@ -32,9 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     from pydantic import ValidationError
 
     from service.app import create_app
+    from service.bundles import resolve_served_bundle
     from service.memory import keep_freed_memory
     from service.settings import ServiceSettings
-    from shared.bundle import resolve_bundle_dir
     from shared.errors import BundleError
 
     overrides = {
@@ -46,16 +53,32 @@ def main(argv: list[str] | None = None) -> int:
         print(f"invalid settings:\n{exc}", file=sys.stderr)
         return 2
     try:
-        bundle_dir = resolve_bundle_dir(settings.bundle)  # a wrong path is one line, not a traceback
+        bundle_dir = resolve_served_bundle(
+            settings.bundle, settings.artifacts
+        )  # a wrong path is one line, not a traceback
     except BundleError as exc:
         print(f"cannot serve: {exc} (set SER_BUNDLE or --bundle)", file=sys.stderr)
         return 2
     if settings.keep_freed_memory:
         keep_freed_memory()  # before any thread starts
-    app = create_app(settings, bundle_dir=bundle_dir)
+    exit_code = [0]
+
+    def stop_for_good(reason: str) -> None:
+        # A bundle or encoder that cannot be loaded will not load on a retry: exit, so that an
+        # orchestrator sees it (status 3), instead of answering "not ready" forever.
+        print(
+            f"cannot serve: the model could not be loaded ({reason}); exiting with status {LOAD_FAILURE_EXIT} "
+            "(set SER_STAY_UP_ON_FAILURE=true to stay up and report it on /health and /ready)",
+            file=sys.stderr,
+        )
+        exit_code[0] = LOAD_FAILURE_EXIT
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    app = create_app(settings, bundle_dir=bundle_dir, on_load_failure=stop_for_good)
     # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal through the handler that was
-    # installed before it started: this one makes a clean stop exit 0 instead of dying with 143.
-    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(0))
+    # installed before it started: this one makes a clean stop exit 0 (or 3 after a load failure)
+    # instead of dying with 143.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(exit_code[0]))
     uvicorn.run(
         app,
         host=settings.host,
@@ -67,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         proxy_headers=True,
         server_header=False,
     )
-    return 0
+    return exit_code[0]
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from service import __version__
+from service.bundles import demo_notice, resolve_served_bundle
 from service.docs import mount_docs
 from service.engine import InferenceEngine, PredictorFactory
 from service.errors import install_error_handlers
@@ -28,7 +29,6 @@ from service.middleware import REQUEST_ID_HEADER, BodySizeLimitMiddleware, Reque
 from service.routes import guarded, public
 from service.schemas import Base64AudioRequest
 from service.settings import ServiceSettings
-from shared.bundle import resolve_bundle_dir
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ def create_app(
     *,
     predictor_factory: PredictorFactory | None = None,
     bundle_dir: Path | None = None,
+    on_load_failure: Callable[[str], None] | None = None,
 ) -> FastAPI:
     """Build the service's app.
 
@@ -65,6 +66,9 @@ def create_app(
             ``service.engine.load_predictor``.
         bundle_dir: the bundle folder, where the caller has already resolved ``settings.bundle``; else
             the lifespan resolves it (and fails with ``BundleNotFoundError`` when there is none).
+        on_load_failure: called with the reason when the model cannot be loaded, unless
+            ``settings.stay_up_on_failure``; ``python -m service`` passes one that stops the process with
+            status 3. Without it the app stays up and reports the failure.
     """
     settings = settings or ServiceSettings()
     configure_logging(settings.log_level, json_lines=settings.log_json)
@@ -74,9 +78,18 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Found again on every start (the newest version under an artifacts root), unless given.
-        engine.bundle_dir = bundle_dir or resolve_bundle_dir(settings.bundle)
+        engine.bundle_dir = bundle_dir or resolve_served_bundle(settings.bundle, settings.artifacts)
         log.info("starting; bundle %s", engine.bundle_dir)
+        notice = demo_notice(engine.bundle_dir)
+        if notice:
+            log.warning("%s", notice)
         loading = asyncio.create_task(engine.start(), name="ser-load-model")
+
+        def after_loading(_: asyncio.Task[None]) -> None:
+            if engine.state == "failed" and on_load_failure is not None and not settings.stay_up_on_failure:
+                on_load_failure(str(engine.error))
+
+        loading.add_done_callback(after_loading)
         try:
             yield
         finally:
@@ -108,7 +121,7 @@ def create_app(
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
+            allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Content-Type", "X-API-Key", REQUEST_ID_HEADER],
             expose_headers=[REQUEST_ID_HEADER, "Retry-After"],
         )

@@ -27,7 +27,7 @@ from typing import Literal, TypeVar
 import numpy as np
 
 from service.batching import MicroBatcher, Reservation
-from service.errors import NotReadyError, RequestTimeoutError
+from service.errors import ModelFailedError, NotReadyError, RequestTimeoutError
 from service.metrics import ServiceMetrics
 from service.sessions import SessionStore
 from service.settings import ServiceSettings
@@ -251,7 +251,10 @@ class InferenceEngine:
         if self.state == "ready" and self.batcher is not None:
             return
         if self.state == "failed":
-            raise NotReadyError(f"the model failed to load ({self.error}); see the service logs")
+            raise ModelFailedError(
+                f"the model failed to load ({self.error}); this will not pass by retrying: fix the bundle or "
+                "the encoder (see the service logs) and restart the service"
+            )
         if self.state in ("stopping", "stopped"):
             raise NotReadyError("the service is shutting down; retry on another instance")
         raise NotReadyError(f"the model is not ready yet ({self.state.replace('_', ' ')}); retry shortly")
@@ -260,7 +263,7 @@ class InferenceEngine:
         """Admit ``n`` utterances before decoding any, or refuse them all (one capacity check).
 
         Raises:
-            NotReadyError, OverloadedError.
+            NotReadyError, ModelFailedError, OverloadedError.
         """
         self.check_ready()
         assert self.batcher is not None

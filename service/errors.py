@@ -99,6 +99,12 @@ class RequestTimeoutError(RetryableError):
     error_type = "timeout"
 
 
+class ModelFailedError(ServiceError):
+    """The model failed to load: a failure that will not pass by retrying (no Retry-After)."""
+
+    error_type = "model_failed"
+
+
 class ClientDisconnectedError(ServiceError):
     """The client went away before its result was ready; its work was dropped."""
 
@@ -126,6 +132,7 @@ ERROR_STATUS: dict[str, int] = {
     "method_not_allowed": 405,
     # capacity and state (sent with Retry-After)
     "not_ready": 503,
+    "model_failed": 503,
     "overloaded": 503,
     "timeout": 503,
     "retryable": 503,

@@ -19,6 +19,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from service.bundles import demo_notice
 from service.engine import InferenceEngine, Served, SessionRequest
 from service.errors import (
     ClientDisconnectedError,
@@ -49,6 +50,7 @@ from service.schemas import (
 from service.sessions import SESSION_ID_MAX_LENGTH, check_session_id
 from shared.audio import SUPPORTED_FORMATS
 from shared.constants import EMOTIONS
+from shared.demo import is_demo_bundle
 from shared.errors import SERError
 
 log = logging.getLogger(__name__)
@@ -518,19 +520,28 @@ async def delete_session(session_id: str, request: Request, engine: EngineDep) -
     "/health", response_model=HealthResponse, summary="Liveness: the process answers", tags=["operations"]
 )
 async def health(engine: EngineDep) -> HealthResponse:
-    """Always 200 while the process runs; `model_state` says where loading stands."""
+    """Always 200 while the process runs; `model_state` says where loading stands, and `status` is
+    `failed` (with the `error`) when the model could not be loaded."""
+    if engine.state == "failed":
+        return HealthResponse(status="failed", model_state=engine.state, error=engine.error)
     return HealthResponse(model_state=engine.state)
 
 
 @public.get(
     "/ready",
     response_model=ReadyResponse,
-    responses={503: _err("not_ready: the model is loading, failed to load, or the service is stopping.")},
+    responses={
+        503: _err(
+            "not_ready (with Retry-After): the model is loading or the service is stopping; model_failed "
+            "(no Retry-After): the model could not be loaded."
+        )
+    },
     summary="Readiness: the model is loaded and warmed up",
     tags=["operations"],
 )
 async def ready(engine: EngineDep) -> ReadyResponse:
-    """200 once the model is loaded and warmed up; 503 (with Retry-After) before that and while stopping."""
+    """200 once the model is loaded and warmed up; 503 with Retry-After before that and while stopping;
+    503 `model_failed` without Retry-After when the model could not be loaded."""
     engine.check_ready()
     return ReadyResponse(model=model_ref(engine))
 
@@ -557,6 +568,8 @@ async def info(request: Request, engine: EngineDep) -> InfoResponse:
         settings=engine.settings.public_dict(),
         encoder=engine.settings.encoder_options().to_dict(),
         accepted_formats=SUPPORTED_FORMATS,
+        demo=is_demo_bundle(engine.bundle_dir),
+        notice=demo_notice(engine.bundle_dir),
     )
 
 

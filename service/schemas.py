@@ -121,8 +121,12 @@ class BatchResponse(BaseModel):
 
 
 class HealthResponse(BaseModel):
-    status: Literal["ok"] = "ok"
+    status: Literal["ok", "failed"] = Field(
+        default="ok",
+        description="'failed' when the model could not be loaded (only seen with SER_STAY_UP_ON_FAILURE).",
+    )
     model_state: str = Field(description="starting, loading, warming_up, ready, failed, stopping or stopped.")
+    error: str | None = Field(default=None, description="Why the model could not be loaded, when it failed.")
 
 
 class ReadyResponse(BaseModel):
@@ -148,3 +152,9 @@ class InfoResponse(BaseModel):
         "dtype, backend, threads, batch size, window, cache folders, model override, offline)."
     )
     accepted_formats: str
+    demo: bool = Field(
+        description="True when the built-in demo model is served (for trying the service only)."
+    )
+    notice: str | None = Field(
+        default=None, description="What users should know about the model served (set for the demo model)."
+    )

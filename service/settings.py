@@ -30,10 +30,17 @@ class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SER_", extra="ignore", validate_default=True)
 
     # --- model -------------------------------------------------------------------------------
-    bundle: Path = Field(
-        default=Path("artifacts"),
+    bundle: Path | None = Field(
+        default=None,
         description="A bundle folder (holding manifest.json), a <name> folder of versions, or an artifacts "
-        "root: the newest bundle found there is served.",
+        "root: the newest bundle found there is served; it must hold one. Unset: the newest bundle under "
+        "SER_ARTIFACTS, else the demo model built into the package (eGeMAPS on RAVDESS; for trying the "
+        "service, non-commercial).",
+    )
+    artifacts: Path = Field(
+        default=Path("artifacts"),
+        description="Where to look for bundles when SER_BUNDLE is unset; when it holds none (or does not "
+        "exist), the built-in demo model is served.",
     )
     device: str = Field(
         default="auto",
@@ -84,6 +91,12 @@ class ServiceSettings(BaseSettings):
     onnx_cache: Path | None = Field(
         default=None,
         description="Folder for ONNX exports alone; unset means <cache folder>/onnx.",
+    )
+
+    stay_up_on_failure: bool = Field(
+        default=False,
+        description="When the bundle or the encoder cannot be loaded, keep the process up and report "
+        "'failed' on /health and /ready (503 model_failed, no Retry-After) instead of exiting with status 3.",
     )
 
     # --- HTTP --------------------------------------------------------------------------------

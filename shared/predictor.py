@@ -108,7 +108,7 @@ class Predictor:
     Not thread-safe: one thread owns a predictor (the service gives it a dedicated executor thread).
     """
 
-    def __init__(self, bundle: Bundle, backbone: Backbone) -> None:
+    def __init__(self, bundle: Bundle, backbone: Backbone, *, dtype_chosen: bool = True) -> None:
         self.bundle = bundle
         self.backbone = backbone
         self.labels: tuple[str, ...] = EMOTIONS
@@ -116,7 +116,10 @@ class Predictor:
         # Column of each emotion in predict_proba's output, in EMOTIONS order.
         self._columns = [classes.index(label) for label in EMOTIONS]
         if backbone.dtype != bundle.embedding_dtype:
-            log.warning(
+            # A warning when someone chose the precision; where "auto" picked it (the device's fast one
+            # differs from the training machine's), a note.
+            log.log(
+                logging.WARNING if dtype_chosen else logging.INFO,
                 "serving embeddings in %s, but the classifier was trained on %s embeddings: predictions "
                 "may differ slightly from the bundle's reported metrics (set the dtype to %s to serve "
                 "the training precision)",
@@ -134,6 +137,7 @@ class Predictor:
             BackboneError: the encoder cannot be loaded.
         """
         bundle = load_bundle(path)
+        options = options or EncoderOptions()
         backbone = build_backbone(bundle.backbone_spec, options)
         expected = bundle.manifest["backbone"].get("dim")
         if expected is not None and int(expected) != backbone.dim:
@@ -141,7 +145,7 @@ class Predictor:
                 f"the backbone gives {backbone.dim}-d embeddings but the classifier was trained on "
                 f"{expected}-d ones: the model does not match the bundle"
             )
-        return cls(bundle, backbone)
+        return cls(bundle, backbone, dtype_chosen=options.dtype != "auto")
 
     def embed_batch(self, waveforms: Sequence[np.ndarray]) -> np.ndarray:
         """Backbone embeddings, float32 ``[n, d]``."""

@@ -3,6 +3,7 @@
 Commands:
     run              prepare a corpus, embed it (cached), cross-validate, fit on everything, write a bundle
     evaluate         score an existing bundle on a labelled corpus, without training: report and PNGs
+    build-demo       rebuild the demo model shipped in the package, from RAVDESS
     prepare          check a corpus and print its summary
     download-cremad  fetch the 7,442 CREMA-D WAV files, verified against the shipped checksums
 """
@@ -41,7 +42,13 @@ def _add_encoder_flags(parser: argparse.ArgumentParser) -> None:
         help="derived model files: half-precision weight copies (default $SER_CACHE_DIR, else ~/.cache/ser)",
     )
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16", "auto"))
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        help="encoder precision; auto (default) is the device's fast one, as the service's default, so a "
+        "bundle is served in the precision it was trained in",
+    )
     parser.add_argument("--batch-size", type=int, default=8)
 
 
@@ -128,6 +135,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--cache-dir", type=Path, default=None, help="embedding cache (default <out>/.cache)")
     _add_encoder_flags(ev)
     ev.add_argument("--no-progress", action="store_true")
+
+    demo = sub.add_parser(
+        "build-demo", help="rebuild the demo model shipped in the package (eGeMAPS on all of RAVDESS)"
+    )
+    demo.add_argument("--data-dir", required=True, type=Path, help="the RAVDESS folder (Actor_NN/...)")
+    demo.add_argument(
+        "--cache-dir", type=Path, default=None, help="embedding cache (default: a temporary one)"
+    )
+    demo.add_argument("--no-progress", action="store_true")
 
     prep = sub.add_parser("prepare", help="check a corpus and print its summary as JSON")
     prep.add_argument("--corpus", required=True, choices=("cremad", "ravdess", "csv"))
@@ -220,6 +236,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             print(evaluation_markdown(scores))
             print(f"report written to {args.out}")
+        elif args.command == "build-demo":
+            from training.recipe import build_demo
+
+            built = build_demo(args.data_dir, cache_dir=args.cache_dir, progress=not args.no_progress)
+            print(f"demo bundle written to {built.folder}")
         elif args.command == "prepare":
             from training.corpora import prepare_corpus
 

@@ -310,8 +310,14 @@ def _evaluate(
     return evaluation, skipped
 
 
-def train_bundle(recipe: TrainingRecipe, encoder: EncoderOptions | None = None) -> TrainingResult:
-    """The whole recipe; returns the new bundle's folder and its report.
+def train_bundle(
+    recipe: TrainingRecipe,
+    encoder: EncoderOptions | None = None,
+    *,
+    extra_files: dict[str, bytes] | None = None,
+) -> TrainingResult:
+    """The whole recipe; returns the new bundle's folder and its report. ``extra_files`` are stored in
+    the bundle beside the report (a licence notice, say).
 
     Raises:
         SERError: the corpus is refused, the encoder cannot be loaded, or the bundle cannot be written.
@@ -370,6 +376,7 @@ def train_bundle(recipe: TrainingRecipe, encoder: EncoderOptions | None = None) 
         "pipeline": recipe.pipeline_options,
     }
     extra = {
+        **(extra_files or {}),
         "report.json": (json.dumps(report, indent=2) + "\n").encode(),
         "report.md": report_markdown(report).encode(),
     }
@@ -492,3 +499,37 @@ def evaluate_bundle(
         max(report["prediction_share"], key=report["prediction_share"].get),
     )
     return report
+
+
+def build_demo(data_dir: Path, *, cache_dir: Path | None = None, progress: bool = True) -> TrainingResult:
+    """Rebuild the demo bundle of ``shared.demo`` from RAVDESS at ``data_dir``: eGeMAPS, the recipe's
+    defaults, every clip; the new version replaces the old one, with the licence notice beside it.
+
+    Raises:
+        SERError: the corpus is refused or the bundle cannot be written.
+    """
+    import shutil
+    import tempfile
+
+    from shared.demo import DEMO_NAME, DEMO_ROOT, NOTICE
+
+    with tempfile.TemporaryDirectory(prefix="ser-demo-") as work:
+        recipe = TrainingRecipe(
+            corpus="ravdess",
+            data_dir=data_dir,
+            backbone="egemaps",
+            name=DEMO_NAME,
+            out=Path(work),
+            embedding_cache=cache_dir or Path(work) / ".cache",
+            progress=progress,
+        )
+        result = train_bundle(
+            recipe, EncoderOptions(device="cpu"), extra_files={"NOTICE.md": NOTICE.encode()}
+        )
+        target = DEMO_ROOT / DEMO_NAME
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+        final = target / result.folder.name
+        shutil.copytree(result.folder, final)
+    log.info("demo bundle written to %s", final)
+    return TrainingResult(folder=final, report=result.report)

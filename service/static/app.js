@@ -22,6 +22,7 @@
   const $ = (id) => document.getElementById(id);
   const el = {
     modelLine: $("model-line"),
+    demoNote: $("demo-note"),
     limitsHint: $("limits-hint"),
     recordButton: $("record-button"),
     recordButtonText: $("record-button-text"),
@@ -195,6 +196,8 @@
     limits.maxUploadBytes = number(["max_upload_bytes"]) ?? limits.maxUploadBytes;
     if (Array.isArray(body.labels) && body.labels.length) labels = body.labels.map(String);
     const model = body.model;
+    el.demoNote.textContent = body.demo && body.notice ? `Demo model: ${body.notice}.` : "";
+    el.demoNote.hidden = !el.demoNote.textContent;
     if (model && model.name) {
       el.modelLine.textContent = `Model: ${model.name}` + (model.version ? `, version ${model.version}` : "");
     } else if (body.model_state === "failed") {

@@ -99,12 +99,12 @@ def test_api_service_serves_read_only_artifacts_with_a_generous_healthcheck() ->
     api = interpolate_defaults(load_yaml(BASE_COMPOSE)["services"]["api"])
     assert "8000:8000" in api["ports"]
     assert api["environment"]["SER_HOST"] == "0.0.0.0"
-    assert api["environment"]["SER_BUNDLE"] == "/artifacts"
+    assert api["environment"]["SER_ARTIFACTS"] == "/artifacts"
     assert str(api["environment"]["SER_PORT"]) == "8000"
     mounts = {m.target: m for m in parse_mounts(api)}
     assert mounts["/artifacts"].source == "artifacts" and mounts["/artifacts"].read_only
     assert mounts["/cache/huggingface"].source == "hf-cache" and not mounts["/cache/huggingface"].read_only
-    assert api["restart"] == "unless-stopped"
+    assert api["restart"] == "on-failure:5"
     health = api["healthcheck"]
     assert duration_seconds(health["start_period"]) >= 120, "the model load needs minutes on a cold cache"
     assert duration_seconds(health["timeout"]) >= 5
@@ -124,7 +124,7 @@ def test_gpu_overlay_reserves_an_nvidia_gpu_and_builds_the_cuda_wheel() -> None:
         assert service["build"]["context"] == "." and service["build"]["dockerfile"] == "docker/Dockerfile"
         assert service["image"].endswith(":gpu"), "the GPU image must not overwrite the CPU tag"
     assert merged["services"]["api"]["environment"]["SER_DEVICE"] == "cuda"
-    assert merged["services"]["api"]["environment"]["SER_BUNDLE"] == "/artifacts", "the base's env is kept"
+    assert merged["services"]["api"]["environment"]["SER_ARTIFACTS"] == "/artifacts", "the base's env is kept"
 
 
 def test_train_service_is_a_one_shot_job_in_its_own_profile() -> None:

@@ -48,7 +48,7 @@ def test_runtime_stage_is_non_root_with_volumes_healthcheck_and_start_script() -
     env = " ".join(by_keyword["ENV"])
     for setting in (
         "HF_HOME=/cache/huggingface",
-        "SER_BUNDLE=/artifacts",
+        "SER_ARTIFACTS=/artifacts",
         "SER_HOST=0.0.0.0",
         "SER_PORT=8000",
     ):

@@ -322,9 +322,11 @@ def test_a_bundle_that_fails_verification_leaves_the_service_up_but_not_ready(
         fh.write(b"\0")
     with TestClient(create_app(ServiceSettings(bundle=damaged))) as client:
         wait_until(lambda: client.get("/health").json()["model_state"] == "failed")
+        health = client.get("/health").json()
+        assert health["status"] == "failed" and "BundleIntegrityError" in health["error"]
         ready = client.get("/ready")
-        assert ready.status_code == 503
-        assert ready.json()["error_type"] == "not_ready"
+        assert ready.status_code == 503 and "Retry-After" not in ready.headers  # retrying will not help
+        assert ready.json()["error_type"] == "model_failed"
         assert "BundleIntegrityError" in ready.json()["error"]
         assert "does not match its recorded sha256" in ready.json()["error"]
         assert predict_multipart(client, "a.wav", good_wav).status_code == 503

@@ -80,6 +80,11 @@ def test_serving_another_precision_than_the_training_one_warns(hubert_bundle, ca
         served = Predictor.from_bundle(hubert_bundle, EncoderOptions(dtype="bf16"))
     assert served.backbone.dtype == "bf16"
     assert "trained on fp32 embeddings" in caplog.text and "set the dtype to fp32" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="shared.predictor"):
+        Predictor.from_bundle(hubert_bundle, EncoderOptions(dtype="auto"))
+    # nobody chose a precision: whatever "auto" picked is a note, not a warning
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
 
 
 def test_the_onnx_backend_serves_the_same_predictions(hubert_bundle):

@@ -374,3 +374,37 @@ def test_progress_bar_counts_bytes(
     err = capsys.readouterr().err
     assert "CREMA-D AudioWAV" in err
     assert "100%" in err
+
+
+def test_a_network_that_refuses_connections_ends_the_run_in_seconds(tmp_path: Path) -> None:
+    import socket
+    import time
+
+    with socket.socket() as sock:  # a port nobody listens on: every connection is refused
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(DownloadError) as info:
+        download_cremad(tmp_path / "CREMA-D", base_url=f"http://127.0.0.1:{port}/", progress=False)
+    elapsed = time.monotonic() - started
+    assert elapsed < 15, f"took {elapsed:.1f} s"
+    message = info.value.message
+    assert "download stopped after 0 of 7442 files: the server cannot be reached (ConnectError" in message
+    assert "run the same command again: it resumes" in message
+    assert "\n" not in message  # one line
+
+
+def test_a_flaky_server_spends_the_run_budget_not_retries_times_files(
+    tmp_path: Path, server: ServerState, checksums: Path
+) -> None:
+    from training.corpora.download import RemoteFile, RetryBudget, download_many
+
+    for name in NAMES:
+        server.plan(name, *["wrong"] * 10)
+    rows = read_checksums(checksums)
+    files = [RemoteFile(server.url + name, tmp_path / name, digest, size) for name, digest, size in rows]
+    with pytest.raises(DownloadError, match="2 retries spent across the files"):
+        download_many(
+            files, workers=1, retries=3, backoff_s=0.0, progress=False, budget=RetryBudget(retries=2)
+        )
+    assert sum(len(server.ranges(name)) for name in NAMES) <= 4  # not 3 files x 4 attempts

@@ -28,6 +28,10 @@ LFS_POINTER_PREFIX = b"version https://git-lfs"
 
 #: HTTP statuses worth retrying besides 5xx; any other 4xx is permanent.
 _RETRYABLE_STATUSES = frozenset({408, 425, 429})
+#: Seconds to wait for a connection (a dead network should not cost a minute a file).
+CONNECT_TIMEOUT_S = 10.0
+#: Transport failures in a row, across the files, after which a run stops (at least one per worker).
+CONSECUTIVE_FAILURES = 4
 
 
 class DownloadError(CorpusError):
@@ -112,6 +116,44 @@ def _lfs_pointer_message(url: str) -> str:
     )
 
 
+class RetryBudget:
+    """What a whole run may spend on failures, shared by every file and worker, so a dead network ends
+    the run in seconds instead of after ``files x retries`` attempts.
+
+    The run stops when ``consecutive`` attempts in a row failed at the transport level (no connection,
+    DNS failure, timeout) with no success between them, or when ``retries`` retries were spent in all.
+    """
+
+    def __init__(self, retries: int = 50, consecutive: int = 4) -> None:
+        self.retries = retries
+        self.consecutive = consecutive
+        self._lock = threading.Lock()
+        self._failed_in_a_row = 0
+        self._spent = 0
+        self.stopped: str | None = None
+
+    def success(self) -> None:
+        with self._lock:
+            self._failed_in_a_row = 0
+
+    def transport_failure(self, reason: str) -> None:
+        with self._lock:
+            self._failed_in_a_row += 1
+            if self._failed_in_a_row >= self.consecutive and self.stopped is None:
+                self.stopped = f"the server cannot be reached ({reason})"
+
+    def spend_retry(self, reason: str) -> None:
+        with self._lock:
+            self._spent += 1
+            if self._spent > self.retries and self.stopped is None:
+                self.stopped = f"{self.retries} retries spent across the files (last: {reason})"
+
+    def check(self) -> None:
+        """Raise ``DownloadError`` once the run has been stopped."""
+        if self.stopped is not None:
+            raise DownloadError(f"download stopped: {self.stopped}")
+
+
 def download_file(
     client: httpx.Client,
     url: str,
@@ -122,6 +164,7 @@ def download_file(
     retries: int = 3,
     backoff_s: float = 1.0,
     on_bytes: Callable[[int], None] | None = None,
+    budget: RetryBudget | None = None,
 ) -> str:
     """Fetch ``url`` into ``dest`` and verify it; safe to re-run.
 
@@ -157,20 +200,30 @@ def download_file(
     report = on_bytes or (lambda n: None)
     if part.exists():
         report(part.stat().st_size)
+    budget = budget or RetryBudget(retries=retries, consecutive=retries + 2)
     last_reason = "no attempt made"
     for attempt in range(retries + 1):
+        budget.check()
         if attempt:
+            budget.spend_retry(last_reason)
+            budget.check()
             time.sleep(backoff_s * 2 ** (attempt - 1))
         try:
             _fetch_into_part(client, url, part, size, report)
             _finish_part(url, part, dest, sha256, size, report)
+            budget.success()
             return "downloaded"
         except _PermanentError as exc:
             raise DownloadError(str(exc)) from None
         except _RetryableError as exc:
+            budget.success()  # the server answered
             last_reason = str(exc)
+        except httpx.TransportError as exc:
+            # No connection, DNS failure, timeout, a body cut short: the part file is kept for the next
+            # attempt, and the run's budget hears of it.
+            last_reason = f"{type(exc).__name__}: {exc}"
+            budget.transport_failure(last_reason)
         except httpx.HTTPError as exc:
-            # Transport failures (reset, timeout, a body cut short) keep the part file for the next attempt.
             last_reason = f"{type(exc).__name__}: {exc}"
     raise DownloadError(f"{url}: {last_reason} (gave up after {retries + 1} attempts)")
 
@@ -281,18 +334,25 @@ def download_many(
     progress: bool = True,
     progress_desc: str = "download",
     client: httpx.Client | None = None,
+    budget: RetryBudget | None = None,
 ) -> DownloadReport:
-    """``download_file`` over a thread pool of ``workers``; never raises for a single file.
+    """``download_file`` over a thread pool of ``workers``; never raises for a single file, but stops the
+    whole run when ``budget`` (one ``RetryBudget`` for the run by default) says the network is gone.
 
     Files already present and verified are found first (hashed in the pool) so that the progress
     bar (tqdm, in bytes) covers only what is left to fetch.
 
     Args:
         files: what to fetch; names in the report are ``dest.name``.
-        client: an ``httpx.Client`` to use; by default one with ``timeout_s`` and redirects followed.
+        client: an ``httpx.Client`` to use; by default one with ``timeout_s`` (10 s to connect) and
+            redirects followed.
 
     Returns:
         A ``DownloadReport``; check ``report.ok``.
+
+    Raises:
+        DownloadError: the run was stopped (the server cannot be reached, or the retry budget is spent);
+            ``.report`` holds what was done.
     """
     from tqdm.auto import tqdm
 
@@ -304,7 +364,10 @@ def download_many(
     todo = [rf for rf, ok in zip(files, present, strict=True) if not ok]
 
     own_client = client is None
-    http = client or httpx.Client(timeout=timeout_s, follow_redirects=True)
+    http = client or httpx.Client(
+        timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, CONNECT_TIMEOUT_S)), follow_redirects=True
+    )
+    budget = budget or RetryBudget(consecutive=max(CONSECUTIVE_FAILURES, workers))
     downloaded: list[str] = []
     failed: list[tuple[str, str]] = []
     try:
@@ -333,6 +396,7 @@ def download_many(
                         retries=retries,
                         backoff_s=backoff_s,
                         on_bytes=advance,
+                        budget=budget,
                     )
                 except DownloadError as exc:
                     return rf, "failed: " + exc.message
@@ -348,8 +412,15 @@ def download_many(
     finally:
         if own_client:
             http.close()
-    return DownloadReport(
+    report = DownloadReport(
         downloaded=tuple(sorted(downloaded)),
         skipped=tuple(sorted(skipped)),
         failed=tuple(sorted(failed)),
     )
+    if budget.stopped is not None:
+        raise DownloadError(
+            f"download stopped after {len(downloaded)} of {len(todo)} files: {budget.stopped}; check the "
+            "network (or give a reachable mirror) and run the same command again: it resumes",
+            report,
+        )
+    return report
