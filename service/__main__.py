@@ -61,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if settings.keep_freed_memory:
         keep_freed_memory()  # before any thread starts
+    if settings.offline:
+        # Every library that reads these (huggingface_hub, transformers) stays off the network, not only
+        # the calls the project makes; they are read when those libraries are imported, which is later.
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["TRANSFORMERS_OFFLINE"] = "1"
     exit_code = [0]
 
     def stop_for_good(reason: str) -> None:

@@ -34,6 +34,20 @@ log = logging.getLogger(__name__)
 _DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
 
 
+def route_hub_logs() -> None:
+    """Send transformers' and huggingface_hub's log records through the application's handlers only:
+    each library also installs a stderr handler of its own, which printed every hub warning twice."""
+    import huggingface_hub.utils.logging as hub_logging
+    import transformers.utils.logging as transformers_logging
+
+    transformers_logging.disable_default_handler()
+    transformers_logging.enable_propagation()
+    hub_root = logging.getLogger("huggingface_hub")
+    for handler in list(hub_root.handlers):
+        hub_root.removeHandler(handler)
+    hub_logging.enable_propagation()
+
+
 class EncoderSource:
     """Where an encoder checkpoint comes from: its config, input convention and weight files.
 
@@ -47,6 +61,7 @@ class EncoderSource:
     """
 
     def __init__(self, spec: BackboneSpec, options: EncoderOptions) -> None:
+        route_hub_logs()
         from transformers import AutoConfig
 
         if spec.kind != "hubert":
@@ -55,6 +70,7 @@ class EncoderSource:
         assert location is not None
         self.location = location
         self.is_local = Path(location).is_dir()
+        self.offline = options.offline
         self.load_kwargs: dict[str, Any] = {"local_files_only": options.offline}
         if spec.revision and not self.is_local:
             self.load_kwargs["revision"] = spec.revision
@@ -65,6 +81,15 @@ class EncoderSource:
         self.do_normalize = self._read_do_normalize()
 
     def load_failure(self, exc: BaseException) -> str:
+        if self.offline and not self.is_local:
+            from huggingface_hub import constants
+
+            return (
+                f"offline mode: the speech encoder {self.location!r} is not in the local Hugging Face cache "
+                f"({constants.HF_HUB_CACHE}) and is not a folder; the hub was not contacted. Fetch it once "
+                "where the network is reachable (or copy the cache), or point SER_BACKBONE_MODEL at a folder "
+                "written by save_pretrained."
+            )
         return (
             f"could not load the speech encoder {self.location!r}: {str(exc).rstrip('.')}. Give a Hugging Face hub id "
             "(with network access, or already in the local cache) or a folder written by save_pretrained."
