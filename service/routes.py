@@ -517,7 +517,11 @@ async def delete_session(session_id: str, request: Request, engine: EngineDep) -
 
 
 @public.get(
-    "/health", response_model=HealthResponse, summary="Liveness: the process answers", tags=["operations"]
+    "/health",
+    response_model=HealthResponse,
+    response_model_exclude_none=True,
+    summary="Liveness: the process answers",
+    tags=["operations"],
 )
 async def health(engine: EngineDep) -> HealthResponse:
     """Always 200 while the process runs; `model_state` says where loading stands, and `status` is

@@ -6,6 +6,7 @@ Commands:
     build-demo       rebuild the demo model shipped in the package, from RAVDESS
     prepare          check a corpus and print its summary
     download-cremad  fetch the 7,442 CREMA-D WAV files, verified against the shipped checksums
+    download-ravdess fetch RAVDESS's speech archive from Zenodo, verified by its MD5, and unpack it
 """
 
 from __future__ import annotations
@@ -149,6 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--corpus", required=True, choices=("cremad", "ravdess", "csv"))
     prep.add_argument("--data-dir", required=True, type=Path)
 
+    rv = sub.add_parser(
+        "download-ravdess", help="download RAVDESS's speech archive from Zenodo (MD5-checked) and unpack it"
+    )
+    rv.add_argument("--dest", required=True, type=Path, help="where the Actor_NN/ folders go")
+    rv.add_argument("--keep-archive", action="store_true", help="keep the downloaded zip beside them")
+
     dl = sub.add_parser("download-cremad", help="download CREMA-D's AudioWAV with resume and sha256 checks")
     dl.add_argument("--dest", required=True, type=Path, help="where AudioWAV/ goes")
     dl.add_argument("--workers", type=int, default=4)
@@ -245,6 +252,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from training.corpora import prepare_corpus
 
             print(json.dumps(prepare_corpus(args.corpus, args.data_dir).summary(), indent=2))
+        elif args.command == "download-ravdess":
+            from training.corpora import download_ravdess
+
+            corpus = download_ravdess(args.dest, keep_archive=args.keep_archive)
+            print(json.dumps(corpus.summary(), indent=2))
         elif args.command == "download-cremad":
             from training.corpora.cremad import download_cremad
 

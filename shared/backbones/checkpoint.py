@@ -81,7 +81,7 @@ class EncoderSource:
         self.do_normalize = self._read_do_normalize()
 
     def load_failure(self, exc: BaseException) -> str:
-        if self.offline and not self.is_local:
+        if self.offline and not self.is_local and not self.location.startswith(("/", ".", "~")):
             from huggingface_hub import constants
 
             return (

@@ -28,7 +28,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_defaults_are_the_documented_ones() -> None:
     s = ServiceSettings()
-    assert s.bundle == Path("artifacts")
+    assert s.bundle is None and s.artifacts == Path("artifacts") and not s.stay_up_on_failure
     assert (s.host, s.port, s.device, s.dtype, s.backend) == ("127.0.0.1", 8000, "auto", "auto", "torch")
     assert s.max_upload_bytes == 25 * 1024 * 1024
     assert (s.min_seconds, s.max_seconds, s.silence_dbfs) == (0.5, 30.0, -60.0)

@@ -67,6 +67,15 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
         pass
 
+    def do_HEAD(self) -> None:
+        body = self.server.state.files.get(self.path.rsplit("/", 1)[-1])
+        if body is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+
     def do_GET(self) -> None:
         state = self.server.state
         name = self.path.rsplit("/", 1)[-1]
@@ -408,3 +417,29 @@ def test_a_flaky_server_spends_the_run_budget_not_retries_times_files(
             files, workers=1, retries=3, backoff_s=0.0, progress=False, budget=RetryBudget(retries=2)
         )
     assert sum(len(server.ranges(name)) for name in NAMES) <= 4  # not 3 files x 4 attempts
+
+
+def test_ravdess_is_fetched_verified_by_md5_and_unpacked(tmp_path: Path, server: ServerState) -> None:
+    import zipfile
+
+    from support import fake_ravdess
+
+    from training.corpora import download_ravdess
+
+    source = fake_ravdess(tmp_path / "source", actors=2)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for wav in sorted(source.glob("Actor_*/*.wav")):
+            zf.write(wav, wav.relative_to(source).as_posix())
+        zf.writestr("../escaped.wav", b"outside")  # a hostile member name is never extracted
+        zf.writestr("Actor_01/notes.txt", b"not a clip")
+    server.files["Audio_Speech_Actors_01-24.zip"] = archive = buf.getvalue()
+    url = server.url + "Audio_Speech_Actors_01-24.zip"
+    dest = tmp_path / "RAVDESS"
+    corpus = download_ravdess(dest, url=url, md5=hashlib.md5(archive).hexdigest(), progress=False)
+    assert len(corpus.utterances) == 44 and sorted(p.name for p in dest.iterdir()) == ["Actor_01", "Actor_02"]
+    assert not (tmp_path / "escaped.wav").exists() and not (dest / "Actor_01" / "notes.txt").exists()
+    with pytest.raises(DownloadError, match="md5 mismatch"):
+        download_ravdess(tmp_path / "other", url=url, md5="0" * 32, progress=False, retries=0)
+    with pytest.raises(DownloadError, match="cannot reach"):
+        download_ravdess(tmp_path / "third", url="http://127.0.0.1:9/none.zip", progress=False)

@@ -15,7 +15,7 @@ from training.corpora.base import Corpus, CorpusError, Utterance
 from training.corpora.cremad import download_cremad, prepare_cremad
 from training.corpora.csv_manifest import prepare_csv
 from training.corpora.download import DownloadError, DownloadReport
-from training.corpora.ravdess import prepare_ravdess
+from training.corpora.ravdess import download_ravdess, prepare_ravdess
 
 __all__ = [
     "CORPORA",
@@ -25,6 +25,7 @@ __all__ = [
     "DownloadReport",
     "Utterance",
     "download_cremad",
+    "download_ravdess",
     "combine_corpora",
     "corpus_of",
     "prepare_corpora",

@@ -386,7 +386,7 @@ def download_cremad(
     audio_dir.mkdir(parents=True, exist_ok=True)
     base = base_url if base_url.endswith("/") else base_url + "/"
     files = [
-        RemoteFile(url=base + name, dest=audio_dir / name, sha256=digest, size=size)
+        RemoteFile(url=base + name, dest=audio_dir / name, digest=digest, size=size)
         for name, digest, size in rows
     ]
     report = download_many(

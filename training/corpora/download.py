@@ -8,6 +8,7 @@ a thread pool with one shared ``httpx.Client`` and collects a ``DownloadReport``
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
@@ -58,12 +59,14 @@ class _RetryableError(Exception):
 
 @dataclass(frozen=True)
 class RemoteFile:
-    """A file to fetch: its URL, where it goes, and what it must hash to."""
+    """A file to fetch: its URL, where it goes, and what it must hash to (``digest``, in hex, by
+    ``algorithm``: any of ``hashlib``'s)."""
 
     url: str
     dest: Path
-    sha256: str
+    digest: str
     size: int
+    algorithm: str = "sha256"
 
 
 @dataclass(frozen=True)
@@ -94,14 +97,25 @@ class DownloadReport:
         }
 
 
-def is_verified(path: Path, sha256: str, size: int) -> bool:
-    """True when ``path`` exists with exactly ``size`` bytes and the given sha256 (size checked first)."""
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    """The hex digest of a file's bytes."""
+    if algorithm == "sha256":
+        return sha256_file(path)
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def is_verified(path: Path, digest: str, size: int, algorithm: str = "sha256") -> bool:
+    """True when ``path`` exists with exactly ``size`` bytes and the given digest (size checked first)."""
     try:
         if path.stat().st_size != size:
             return False
     except FileNotFoundError:
         return False
-    return sha256_file(path) == sha256.lower()
+    return file_digest(path, algorithm) == digest.lower()
 
 
 def looks_like_lfs_pointer(head: bytes) -> bool:
@@ -165,6 +179,7 @@ def download_file(
     backoff_s: float = 1.0,
     on_bytes: Callable[[int], None] | None = None,
     budget: RetryBudget | None = None,
+    algorithm: str = "sha256",
 ) -> str:
     """Fetch ``url`` into ``dest`` and verify it; safe to re-run.
 
@@ -193,7 +208,7 @@ def download_file(
         DownloadError: after the last attempt, or at once for a permanent failure (HTTP 404 or
             another non-retryable 4xx, or an LFS pointer file served instead of the content).
     """
-    if is_verified(dest, sha256, size):
+    if is_verified(dest, sha256, size, algorithm):
         return "skipped"
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
@@ -210,7 +225,7 @@ def download_file(
             time.sleep(backoff_s * 2 ** (attempt - 1))
         try:
             _fetch_into_part(client, url, part, size, report)
-            _finish_part(url, part, dest, sha256, size, report)
+            _finish_part(url, part, dest, sha256, size, report, algorithm)
             budget.success()
             return "downloaded"
         except _PermanentError as exc:
@@ -310,17 +325,23 @@ def _fetch_into_part(
 
 
 def _finish_part(
-    url: str, part: Path, dest: Path, sha256: str, size: int, report: Callable[[int], None]
+    url: str,
+    part: Path,
+    dest: Path,
+    sha256: str,
+    size: int,
+    report: Callable[[int], None],
+    algorithm: str = "sha256",
 ) -> None:
     """Verify a complete part and move it into place; a wrong part is deleted."""
-    actual = sha256_file(part)
+    actual = file_digest(part, algorithm)
     if actual != sha256.lower():
         with part.open("rb") as f:
             head = f.read(len(LFS_POINTER_PREFIX))
         _discard(part, report)
         if looks_like_lfs_pointer(head):
             raise _PermanentError(_lfs_pointer_message(url))
-        raise _RetryableError(f"{url}: sha256 mismatch (expected {sha256.lower()}, got {actual})")
+        raise _RetryableError(f"{url}: {algorithm} mismatch (expected {sha256.lower()}, got {actual})")
     os.replace(part, dest)
 
 
@@ -359,7 +380,7 @@ def download_many(
     files = list(files)
     workers = max(1, workers)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        present = list(pool.map(lambda rf: is_verified(rf.dest, rf.sha256, rf.size), files))
+        present = list(pool.map(lambda rf: is_verified(rf.dest, rf.digest, rf.size, rf.algorithm), files))
     skipped = [rf.dest.name for rf, ok in zip(files, present, strict=True) if ok]
     todo = [rf for rf, ok in zip(files, present, strict=True) if not ok]
 
@@ -391,12 +412,13 @@ def download_many(
                         http,
                         rf.url,
                         rf.dest,
-                        rf.sha256,
+                        rf.digest,
                         rf.size,
                         retries=retries,
                         backoff_s=backoff_s,
                         on_bytes=advance,
                         budget=budget,
+                        algorithm=rf.algorithm,
                     )
                 except DownloadError as exc:
                     return rf, "failed: " + exc.message

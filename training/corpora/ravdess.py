@@ -203,3 +203,88 @@ def _check_invariants(root: Path, utterances: list[Utterance]) -> None:
             + format_examples(problems, 8)
             + ". Pass strict=False to use what is there."
         )
+
+
+#: The official speech archive (Zenodo record 1188976) and the MD5 the record publishes for it.
+RAVDESS_SPEECH_URL = "https://zenodo.org/records/1188976/files/Audio_Speech_Actors_01-24.zip?download=1"
+RAVDESS_SPEECH_MD5 = "bc696df654c87fed845eb13823edef8a"
+RAVDESS_SPEECH_ZIP = "Audio_Speech_Actors_01-24.zip"
+
+
+def download_ravdess(
+    dest: Path,
+    *,
+    url: str = RAVDESS_SPEECH_URL,
+    md5: str = RAVDESS_SPEECH_MD5,
+    progress: bool = True,
+    retries: int = 3,
+    backoff_s: float = 1.0,
+    timeout_s: float = 60.0,
+    keep_archive: bool = False,
+) -> Corpus:
+    """Fetch RAVDESS's speech archive (about 200 MB) from Zenodo, verify its MD5, unpack the
+    ``Actor_NN/*.wav`` files into ``dest`` and check the corpus; safe to re-run.
+
+    The archive is downloaded with ``training.corpora.download`` (resumable, verified, failing fast when
+    the server cannot be reached). Its size is asked of the server first (``HEAD``). A ``dest`` that
+    already holds the 1,440 speech files is left as it is.
+
+    Returns:
+        ``prepare_ravdess(dest)``.
+
+    Raises:
+        DownloadError: the archive cannot be fetched or does not verify. CorpusError: the archive does not
+            hold RAVDESS's speech files.
+    """
+    import zipfile
+
+    import httpx
+
+    from training.corpora.download import CONNECT_TIMEOUT_S, DownloadError, RemoteFile, download_many
+
+    dest = Path(dest).expanduser().resolve()
+    if len(list(dest.glob("Actor_[0-9][0-9]/03-01-*.wav"))) >= 1440:
+        return prepare_ravdess(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = dest / RAVDESS_SPEECH_ZIP
+    try:
+        head = httpx.head(
+            url, follow_redirects=True, timeout=httpx.Timeout(timeout_s, connect=CONNECT_TIMEOUT_S)
+        )
+    except httpx.HTTPError as exc:
+        raise DownloadError(
+            f"cannot reach {url.split('?')[0]}: {type(exc).__name__}: {exc}; check the network and run the "
+            "same command again (or unzip a copy of the archive into the folder)"
+        ) from None
+    size = head.headers.get("content-length", "")
+    if head.status_code != 200 or not size.isdigit():
+        raise DownloadError(f"{url}: HTTP {head.status_code}, no size given; the archive cannot be fetched")
+    report = download_many(
+        [RemoteFile(url, archive, md5, int(size), algorithm="md5")],
+        workers=1,
+        retries=retries,
+        backoff_s=backoff_s,
+        timeout_s=timeout_s,
+        progress=progress,
+        progress_desc="RAVDESS speech",
+    )
+    if report.failed:
+        raise DownloadError(
+            f"{archive.name} could not be fetched and verified ({report.failed[0][1]}); run the same command "
+            "again: it resumes",
+            report,
+        )
+    with zipfile.ZipFile(archive) as zf:
+        members = [m for m in zf.namelist() if _ARCHIVE_MEMBER.match(m)]
+        if not members:
+            raise CorpusError(
+                f"{archive.name} holds no Actor_NN/03-01-*.wav files: not RAVDESS's speech archive"
+            )
+        for member in members:  # only the names checked above: no path leaves dest
+            zf.extract(member, dest)
+    if not keep_archive:
+        archive.unlink()
+    return prepare_ravdess(dest)
+
+
+_ARCHIVE_MEMBER = re.compile(r"^Actor_\d\d/03-01-\d\d-\d\d-\d\d-\d\d-\d\d\.wav$")
