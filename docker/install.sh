@@ -30,6 +30,22 @@ torch_index=${TORCH_INDEX-https://download.pytorch.org/whl/cpu}
 python=${PYTHON:-python3}
 install_project=${INSTALL_PROJECT:-1}
 
+# Wheels in docker/wheels/ are offered before any index, and certificates in docker/build-ca/ are
+# trusted for HTTPS (a TLS-inspecting proxy); both folders are empty in the repository.
+shopt -s nullglob
+local_wheels=("$project_dir"/docker/wheels/*.whl)
+if ((${#local_wheels[@]})); then
+    export PIP_FIND_LINKS="$project_dir/docker/wheels"
+    echo "install.sh: offering ${#local_wheels[@]} local wheel(s) from docker/wheels"
+fi
+extra_ca=("$project_dir"/docker/build-ca/*.crt)
+if ((${#extra_ca[@]})); then
+    cat "${extra_ca[@]}" >"${TMPDIR:-/tmp}/ser-build-ca.pem"
+    export PIP_CERT="${TMPDIR:-/tmp}/ser-build-ca.pem"
+    echo "install.sh: trusting ${#extra_ca[@]} certificate file(s) from docker/build-ca"
+fi
+shopt -u nullglob
+
 if [[ ! -x $venv/bin/python ]]; then
     echo "install.sh: creating virtual environment $venv with $python"
     "$python" -m venv "$venv"
