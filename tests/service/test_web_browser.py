@@ -588,3 +588,18 @@ def test_the_api_docs_render_every_endpoint(browser: Any, server: str, screensho
         "/emotion_predict",
     ):
         assert path in paths, (path, paths)
+
+
+@pytest.mark.browser
+def test_the_page_says_when_the_demo_model_is_served(ui: PageUnderTest, server: str) -> None:
+    info = httpx.get(f"{server}/v1/info", timeout=30).json()
+    assert info["demo"] is False and info["notice"] is None
+    ui.page.route(
+        "**/v1/info", fulfil_with({**info, "demo": True, "notice": "the built-in demo model is in use"})
+    )
+    page = ui.open("/")
+    sync_api.expect(page.locator("#demo-note")).to_be_visible()
+    sync_api.expect(page.locator("#demo-note")).to_have_text("Demo model: the built-in demo model is in use.")
+    ui.page.unroute("**/v1/info")
+    page = ui.open("/")
+    sync_api.expect(page.locator("#demo-note")).to_be_hidden()
