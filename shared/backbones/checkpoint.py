@@ -71,6 +71,7 @@ class EncoderSource:
         self.location = location
         self.is_local = Path(location).is_dir()
         self.offline = options.offline
+        self.cache_dir = options.model_cache
         self.load_kwargs: dict[str, Any] = {"local_files_only": options.offline}
         if spec.revision and not self.is_local:
             self.load_kwargs["revision"] = spec.revision
@@ -104,6 +105,20 @@ class EncoderSource:
         except Exception:  # no preprocessor_config.json: follow the architecture's convention
             return getattr(self.config, "feat_extract_norm", "group") == "layer"
 
+    @property
+    def commit(self) -> str | None:
+        """The hub commit the checkpoint's files come from (the snapshot folder of the Hugging Face cache
+        that holds its config), or None for a local folder."""
+        if self.is_local:
+            return None
+        found = getattr(self.config, "_commit_hash", None)
+        if found:
+            return str(found)
+        config = self.resolve_file("config.json")
+        if config is not None and config.parent.parent.name == "snapshots":
+            return config.parent.name
+        return None
+
     def resolve_file(self, filename: str) -> Path | None:
         """A checkpoint file as a local path (the folder's own, or the hub cache's), or None if absent."""
         if self.is_local:
@@ -123,17 +138,42 @@ class EncoderSource:
             return None
         return Path(found) if found else None
 
-    def safetensors_files(self) -> list[Path] | None:
-        """The checkpoint's safetensors weight files (one, or the shards of an index), or None."""
-        single = self.resolve_file("model.safetensors")
-        if single is not None:
-            return [single]
-        index = self.resolve_file("model.safetensors.index.json")
+    def _sharded(self, single: str, index_name: str) -> list[Path] | None:
+        """One weight file, or the shards its index lists; None when absent."""
+        found = self.resolve_file(single)
+        if found is not None:
+            return [found]
+        index = self.resolve_file(index_name)
         if index is None:
             return None
         shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         files = [self.resolve_file(name) for name in shards]
         return None if any(f is None for f in files) else [f for f in files if f is not None]
+
+    def safetensors_files(self) -> list[Path] | None:
+        """The checkpoint's weights as safetensors files: its own (one, or the shards of an index), else
+        its legacy ``pytorch_model.bin`` converted once into the cache (``convert_legacy_weights``); None
+        when it has neither.
+
+        Raises:
+            BackboneError: a ``.bin`` file holds anything but tensors, or cannot be read.
+        """
+        own = self._sharded("model.safetensors", "model.safetensors.index.json")
+        if own is not None:
+            return own
+        legacy = self._sharded("pytorch_model.bin", "pytorch_model.bin.index.json")
+        if legacy is None:
+            return None
+        try:
+            return [convert_legacy_weights(path, self.cache_dir) for path in legacy]
+        except OSError as exc:
+            log.warning(
+                "could not convert %s's pytorch_model.bin into %s (%s): it runs on transformers' model",
+                self.location,
+                self.cache_dir,
+                exc,
+            )
+            return None
 
     def identity(self) -> dict[str, Any]:
         """What identifies these weights, for cache digests: the name, the revision or commit, and for a
@@ -149,7 +189,7 @@ class EncoderSource:
             )
         else:
             ident["revision"] = self.load_kwargs.get("revision")
-            ident["commit"] = getattr(self.config, "_commit_hash", None)
+            ident["commit"] = self.commit
         return ident
 
 
@@ -158,6 +198,54 @@ def config_digest(config: Any) -> str:
     keys = sorted(k for k in config.to_dict() if not k.startswith("_") and k not in {"transformers_version"})
     text = repr([(k, config.to_dict()[k]) for k in keys])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def convert_legacy_weights(path: Path, cache_dir: Path) -> Path:
+    """A ``pytorch_model.bin`` file as safetensors, written once to ``<cache_dir>/converted/<sha256>/``
+    and reused (keyed by the file's own hash, so an edited file is converted again).
+
+    The file is read with ``torch.load(weights_only=True)``, memory-mapped: it cannot run code, and its
+    tensors are paged in one at a time as they are written out. Old weight-norm names (``weight_g``,
+    ``weight_v``) are kept as stored; ``SafetensorsReader`` folds them.
+
+    Raises:
+        BackboneError: the file holds anything but a mapping of names to tensors, or cannot be read.
+    """
+    from safetensors.torch import save_file
+
+    digest = sha256_of_file(path)
+    entry = cache_dir / "converted" / digest[:32]
+    target = entry / "model.safetensors"
+    if target.is_file():
+        return target
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # pickle.UnpicklingError for code or objects, RuntimeError for a damaged zip
+        raise BackboneError(
+            f"{path.name} cannot be loaded as weights only ({type(exc).__name__}: {str(exc).splitlines()[0]}): "
+            "a checkpoint file that holds code or other objects is refused"
+        ) from exc
+    if not isinstance(state, dict) or not state:
+        raise BackboneError(f"{path.name} does not hold a mapping of parameter names to tensors: refused")
+    odd = sorted(str(k) for k, v in state.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor)))
+    if odd:
+        raise BackboneError(f"{path.name} holds entries that are not tensors ({', '.join(odd[:5])}): refused")
+    log.info("converting %s to safetensors in %s (once)", path, entry)
+    with building_cache_entry(entry) as scratch:
+        if scratch is not None:
+            # safetensors wants contiguous tensors that share no storage
+            save_file(
+                {k: v.contiguous().clone() for k, v in state.items()}, str(scratch / "model.safetensors")
+            )
+    return target
+
+
+def sha256_of_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_safetensors_header(path: Path) -> tuple[dict[str, Any], int]:

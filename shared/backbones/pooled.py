@@ -69,6 +69,10 @@ class PooledSpeechEncoder:
             "config_sha256": config_digest(config),
             "normalize": self.do_normalize,
         }
+        commit = source.commit
+        if commit:
+            # the hub commit the files came from: the manifest then says which weights, even for "main"
+            self.fingerprint["commit"] = str(commit)
         self._conv = list(zip(config.conv_kernel, config.conv_stride, strict=True))
         self.hop, self.receptive = 1, 1
         for kernel, stride in self._conv:

@@ -117,14 +117,19 @@ def test_other_architectures_run_on_transformers(tmp_path, waves):
     np.testing.assert_allclose(backbone.embed_batch(waves), expected, rtol=1e-4, atol=1e-5)
 
 
-def test_pickled_weights_run_on_transformers(tmp_path, waves):
+def test_pickled_weights_are_converted_once_and_run_on_the_projects_modules(tmp_path, waves):
     folder = save_random(tmp_path / "m", "hubert-large")
     from safetensors.torch import load_file
 
     torch.save(load_file(str(folder / "model.safetensors")), folder / "pytorch_model.bin")
     (folder / "model.safetensors").unlink()
-    backbone = build_backbone(BackboneSpec(kind="hubert", model=str(folder)))
-    assert not backbone.native
+    options = EncoderOptions(cache_dir=tmp_path / "cache")
+    backbone = build_backbone(BackboneSpec(kind="hubert", model=str(folder)), options)
+    assert backbone.native
+    (converted,) = (tmp_path / "cache" / "converted").iterdir()
+    stamp = (converted / "model.safetensors").stat().st_mtime_ns
+    build_backbone(BackboneSpec(kind="hubert", model=str(folder)), options)
+    assert (converted / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not converted again
     expected = np.stack([last.mean(axis=0) for last, _ in transformers_states(folder, waves, normalize=True)])
     np.testing.assert_allclose(backbone.embed_batch(waves), expected, rtol=1e-4, atol=1e-5)
 

@@ -87,7 +87,9 @@ class TorchEncoder(PooledSpeechEncoder):
         source_files = source.safetensors_files()
         files = [converted / "model.safetensors"] if converted is not None else source_files
         why_not_native = (
-            unsupported_reason(source.config) if files else "its weights are not in safetensors files"
+            unsupported_reason(source.config)
+            if files
+            else "its weights are neither safetensors nor pytorch_model.bin"
         )
         folded: set[str] = set()
         model: Any
