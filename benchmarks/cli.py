@@ -32,11 +32,14 @@ from benchmarks.measure import (
 from benchmarks.report import evaluate_targets, summary_lines
 from benchmarks.variants import (
     ALL_VARIANTS,
+    HUB_STANDIN_COMMIT,
+    HUB_STANDIN_ID,
     NaiveEncoder,
     Variant,
     build_variant,
     default_variant_name,
     make_model,
+    save_as_hub_download,
 )
 
 log = logging.getLogger(__name__)
@@ -85,13 +88,26 @@ def run_benchmark(cfg: Settings, say: Callable[[str], None]) -> dict[str, Any]:
         cfg.cache_dir = work / "cache"
     try:
         folder = work / "model"
-        if cfg.model in ("large", "tiny"):
-            say(f"saving a random-weight HuBERT ({cfg.model}) to {folder}")
-            result["model"] = make_model(cfg.model, folder)
+        location = str(folder)
+        if cfg.model in ("large", "tiny", "large-hub", "tiny-hub"):
+            kind = cfg.model.removesuffix("-hub")
+            if cfg.model.endswith("-hub"):
+                # Read when the hub libraries are imported (next, by make_model): set them first. The
+                # service and load-peak processes inherit them.
+                os.environ["HF_HUB_CACHE"] = str(work / "hub")
+                os.environ["HF_HUB_OFFLINE"] = "1"
+            say(f"saving a random-weight HuBERT ({kind}) to {folder}")
+            result["model"] = make_model(kind, folder)
+            if cfg.model.endswith("-hub"):
+                say(f"laying it out as the hub download of {HUB_STANDIN_ID} (pytorch_model.bin, old names)")
+                save_as_hub_download(folder, work / "hub", HUB_STANDIN_ID)
+                location = HUB_STANDIN_ID
+                result["model"]["hub_standin"] = {"id": HUB_STANDIN_ID, "commit": HUB_STANDIN_COMMIT}
         else:
             folder = Path(cfg.model)
+            location = str(folder)
             result["model"] = {"kind": "folder", "path": str(folder)}
-        spec = BackboneSpec(kind="hubert", model=str(folder), layer=cfg.layer)
+        spec = BackboneSpec(kind="hubert", model=location, layer=cfg.layer)
         result["spec"] = spec.to_dict()
 
         say("measuring the machine's peak matmul throughput")
@@ -144,7 +160,7 @@ def run_benchmark(cfg: Settings, say: Callable[[str], None]) -> dict[str, Any]:
         result["truncation"] = measure_truncation(folder, cfg, n_layers)
 
         say("peak memory of loading the encoder in bf16, in fresh processes")
-        result["load_memory"] = measure_load_peaks(folder, cfg.cache_dir, cfg.quick)
+        result["load_memory"] = measure_load_peaks(location, cfg.cache_dir, cfg.quick)
 
         result["batched"] = {}
         served = [name for name in cfg.http_variants if name in backbones]
@@ -187,8 +203,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--model",
         default="large",
-        help="large (HuBERT-large architecture, random weights; "
-        "default), tiny (smoke test), or a folder written by save_pretrained",
+        help="large (HuBERT-large architecture, random weights; default), tiny (smoke test), large-hub or "
+        "tiny-hub (the same, saved as a legacy hub download and read by hub id offline), or a folder "
+        "written by save_pretrained",
     )
     parser.add_argument(
         "--layer", type=int, default=None, help="hidden state the bundle reads (default: last)"

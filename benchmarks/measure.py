@@ -301,7 +301,7 @@ def load_peak(argv: list[str]) -> int:
     first if absent).
     """
     parser = argparse.ArgumentParser(prog="python -m benchmarks load-peak")
-    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--model", required=True, help="a folder, or a hub id (read from HF_HUB_CACHE)")
     parser.add_argument("--how", choices=("transformers", "project"), required=True)
     parser.add_argument("--cache-dir", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -341,7 +341,7 @@ def load_peak(argv: list[str]) -> int:
     return 0
 
 
-def measure_load_peaks(folder: Path, cache_dir: Path, quick: bool) -> dict[str, Any]:
+def measure_load_peaks(model: str | Path, cache_dir: Path, quick: bool) -> dict[str, Any]:
     """Peak memory of loading the encoder in bf16, each way in a fresh process (VmHWM, MB).
 
     ``quick`` measures the project's first load only (each process costs seconds of imports).
@@ -354,9 +354,9 @@ def measure_load_peaks(folder: Path, cache_dir: Path, quick: bool) -> dict[str, 
         ("project_bf16_cached", "project"),
     ]
     for label, how in ways[1:2] if quick else ways:
-        command = [sys.executable, "-m", "benchmarks", "load-peak", "--model", str(folder)]
+        command = [sys.executable, "-m", "benchmarks", "load-peak", "--model", str(model)]
         command += ["--how", how, "--cache-dir", str(scratch)]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # HF_HUB_CACHE is inherited for a hub id
         done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
         if done.returncode != 0:
             out[label] = {"error": done.stderr[-1000:]}

@@ -143,3 +143,37 @@ def make_model(kind: str, folder: Path) -> dict[str, Any]:
         feature_size=1, sampling_rate=SAMPLE_RATE, do_normalize=True, return_attention_mask=True
     ).save_pretrained(folder)
     return {"kind": kind, "parameters": sum(p.numel() for p in model.parameters()), **config.to_dict()}
+
+
+#: The hub id and commit a ``*-hub`` benchmark model is saved under (a stand-in for the real download).
+HUB_STANDIN_ID = "facebook/hubert-large-ll60k"
+HUB_STANDIN_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def save_as_hub_download(folder: Path, cache: Path, repo_id: str, commit: str = HUB_STANDIN_COMMIT) -> Path:
+    """Lay the model saved in ``folder`` out as a years-old hub repository downloaded by ``huggingface_hub``:
+    ``<cache>/models--org--name/refs/main`` naming ``commit``, and ``snapshots/<commit>/`` holding its
+    ``config.json``, ``preprocessor_config.json`` and only a ``pytorch_model.bin`` whose weight-norm
+    tensors carry the old names (``weight_g``, ``weight_v``), as checkpoints converted from fairseq do.
+    Returns the snapshot folder; point ``HF_HUB_CACHE`` at ``cache``.
+    """
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    legacy = {}
+    for name, tensor in load_file(str(folder / "model.safetensors")).items():
+        name = name.replace("parametrizations.weight.original0", "weight_g")
+        name = name.replace("parametrizations.weight.original1", "weight_v")
+        legacy[name] = tensor
+    torch.save(legacy, snapshot / "pytorch_model.bin")
+    del legacy
+    for fname in ("config.json", "preprocessor_config.json"):
+        shutil.copy(folder / fname, snapshot / fname)
+    return snapshot

@@ -147,33 +147,14 @@ STANDIN_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 def make_hub_standin(cache: Path, repo_id: str, *, layers: int = 3, seed: int = 0, **config: Any) -> Path:
-    """A Hugging Face hub cache holding ``repo_id`` as a years-old conversion would: a tiny HuBERT whose
-    weights are only ``pytorch_model.bin``, with the positional convolution's weight norm under its old
-    names (``weight_g``, ``weight_v``), beside its ``config.json`` and ``preprocessor_config.json``, laid
-    out as ``huggingface_hub`` lays out a download (``models--org--name/refs/main``,
-    ``snapshots/<commit>/``). Returns the snapshot folder. Point ``HF_HUB_CACHE`` at ``cache``.
-    """
-    import shutil
+    """A Hugging Face hub cache holding ``repo_id`` as a years-old conversion would: a tiny HuBERT saved by
+    ``benchmarks.variants.save_as_hub_download`` (only ``pytorch_model.bin``, old weight-norm names, the
+    hub cache's layout, snapshot ``STANDIN_COMMIT``). Returns the snapshot folder; point ``HF_HUB_CACHE``
+    at ``cache``."""
     import tempfile
 
-    import torch
+    from benchmarks.variants import save_as_hub_download
 
-    repo = cache / ("models--" + repo_id.replace("/", "--"))
-    snapshot = repo / "snapshots" / STANDIN_COMMIT
-    snapshot.mkdir(parents=True)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(STANDIN_COMMIT)
     with tempfile.TemporaryDirectory() as work:
         folder = make_tiny_hubert(Path(work) / "model", layers=layers, seed=seed, **config)
-        from transformers import HubertModel
-
-        state = HubertModel.from_pretrained(folder).state_dict()
-        legacy = {}
-        for name, tensor in state.items():
-            name = name.replace("parametrizations.weight.original0", "weight_g")
-            name = name.replace("parametrizations.weight.original1", "weight_v")
-            legacy[name] = tensor.clone()
-        torch.save(legacy, snapshot / "pytorch_model.bin")
-        for fname in ("config.json", "preprocessor_config.json"):
-            shutil.copy(folder / fname, snapshot / fname)
-    return snapshot
+        return save_as_hub_download(folder, cache, repo_id, STANDIN_COMMIT)

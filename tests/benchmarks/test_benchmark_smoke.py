@@ -1,5 +1,6 @@
-"""``python -m benchmarks --quick --model tiny`` runs end to end (every section, a real server
-subprocess) and writes the JSON the full run writes. Its figures mean nothing on a tiny model; what is
+"""``python -m benchmarks --quick --model tiny-hub`` runs end to end (every section, a real server
+subprocess; the model saved as a legacy hub download and read by hub id offline) and writes the JSON the
+full run writes. Its figures mean nothing on a tiny model; what is
 checked is that every measurement is there and that the facts that do not depend on speed hold."""
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "SER_CACHE_DIR": str(folder / "cache")}
     env.pop("SER_TEST_DATA", None)  # generated clips: the test must not depend on the shared data
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--model", "tiny", "--out", str(out)],
+        [sys.executable, "-m", "benchmarks", "--quick", "--model", "tiny-hub", "--out", str(out)],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -56,6 +57,7 @@ def test_every_section_is_written(quick_run):
     ):
         assert key in result, key
     assert result["model"]["kind"] == "tiny" and result["model"]["num_hidden_layers"] == 3
+    assert result["spec"]["model"] == result["model"]["hub_standin"]["id"] == "facebook/hubert-large-ll60k"
     assert result["peak"]["fp32_gflops"] > 0 and result["peak"]["bf16_gflops"] > 0
     variants = {"naive", "torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8"}
     assert set(result["latency"]) == variants
