@@ -18,18 +18,38 @@ from pathlib import Path
 LOAD_FAILURE_EXIT = 3
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m service", description="Serve the emotion recognition API."
-    )
+def settings_help() -> str:
+    """Every setting with its environment variable and default (the epilog of ``--help``)."""
+    from service.settings import ServiceSettings
+
+    lines = ["settings (environment variables; the flags above override them):"]
+    for name, field in ServiceSettings.model_fields.items():
+        default = field.default if field.default_factory is None else "(computed)"
+        shown = "unset" if default is None or default == [] else default
+        lines.append(f"  SER_{name.upper()} (default {shown}): {field.description or ''}")
+    return "\n".join(lines)
+
+
+def add_serve_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``python -m service`` and ``ser serve``, which override their settings."""
     parser.add_argument("--host", help="interface to listen on (default: SER_HOST or 127.0.0.1)")
     parser.add_argument("--port", type=int, help="TCP port (default: SER_PORT or 8000)")
     parser.add_argument(
         "--bundle",
         type=Path,
-        help="bundle folder or artifacts root (default: SER_BUNDLE, else ./artifacts when it holds a bundle, "
-        "else the built-in demo model)",
+        help="bundle folder or artifacts root (default: SER_BUNDLE, else the newest bundle under "
+        "SER_ARTIFACTS, else the built-in demo model)",
     )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m service",
+        description="Serve the emotion recognition API.",
+        epilog=settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_serve_flags(parser)
     return parser.parse_args(argv)
 
 

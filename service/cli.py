@@ -20,17 +20,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-
-def _settings_epilog() -> str:
-    """Every setting with its environment variable and default, for ``ser serve --help``."""
-    from service.settings import ServiceSettings
-
-    lines = ["settings (environment variables; the flags above override them):"]
-    for name, field in ServiceSettings.model_fields.items():
-        default = field.default if field.default_factory is None else "(computed)"
-        shown = "unset" if default is None or default == [] else default
-        lines.append(f"  SER_{name.upper()} (default {shown}): {field.description or ''}")
-    return "\n".join(lines)
+from service.__main__ import add_serve_flags, settings_help
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,17 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser(
         "serve",
         help="run the HTTP service",
-        epilog=_settings_epilog(),
+        epilog=settings_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    serve.add_argument("--host", help="interface to listen on (default: SER_HOST or 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="TCP port (default: SER_PORT or 8000)")
-    serve.add_argument(
-        "--bundle",
-        type=Path,
-        help="bundle folder or artifacts root (default: SER_BUNDLE, else ./artifacts when it holds a bundle, "
-        "else the built-in demo model)",
-    )
+    add_serve_flags(serve)
     predict = sub.add_parser("predict", help="predict audio files here, without a server")
     predict.add_argument("files", nargs="+", type=Path, help="audio files (any format the service accepts)")
     predict.add_argument(
