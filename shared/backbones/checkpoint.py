@@ -204,40 +204,93 @@ def convert_legacy_weights(path: Path, cache_dir: Path) -> Path:
     """A ``pytorch_model.bin`` file as safetensors, written once to ``<cache_dir>/converted/<sha256>/``
     and reused (keyed by the file's own hash, so an edited file is converted again).
 
-    The file is read with ``torch.load(weights_only=True)``, memory-mapped: it cannot run code, and its
-    tensors are paged in one at a time as they are written out. Old weight-norm names (``weight_g``,
-    ``weight_v``) are kept as stored; ``SafetensorsReader`` folds them.
+    The conversion runs in a child process (``write_legacy_as_safetensors``), so the memory it pages in
+    is never part of the calling process's peak: a service's first start peaks as a cached one does.
+    Old weight-norm names (``weight_g``, ``weight_v``) are kept as stored; ``SafetensorsReader`` folds them.
 
     Raises:
         BackboneError: the file holds anything but a mapping of names to tensors, or cannot be read.
+        OSError: the cache cannot be written.
     """
-    from safetensors.torch import save_file
+    import subprocess
+    import sys
 
     digest = sha256_of_file(path)
     entry = cache_dir / "converted" / digest[:32]
     target = entry / "model.safetensors"
     if target.is_file():
         return target
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # pickle.UnpicklingError for code or objects, RuntimeError for a damaged zip
-        raise BackboneError(
-            f"{path.name} cannot be loaded as weights only ({type(exc).__name__}: {str(exc).splitlines()[0]}): "
-            "a checkpoint file that holds code or other objects is refused"
-        ) from exc
-    if not isinstance(state, dict) or not state:
-        raise BackboneError(f"{path.name} does not hold a mapping of parameter names to tensors: refused")
-    odd = sorted(str(k) for k, v in state.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor)))
-    if odd:
-        raise BackboneError(f"{path.name} holds entries that are not tensors ({', '.join(odd[:5])}): refused")
     log.info("converting %s to safetensors in %s (once)", path, entry)
     with building_cache_entry(entry) as scratch:
         if scratch is not None:
-            # safetensors wants contiguous tensors that share no storage
-            save_file(
-                {k: v.contiguous().clone() for k, v in state.items()}, str(scratch / "model.safetensors")
+            code = "import sys; from shared.backbones.checkpoint import write_legacy_as_safetensors as w; w(*sys.argv[1:])"
+            done = subprocess.run(
+                [sys.executable, "-c", code, str(path), str(scratch / "model.safetensors")],
+                capture_output=True,
+                text=True,
             )
+            if done.returncode != 0:
+                lines = done.stderr.strip().splitlines()
+                raise BackboneError(
+                    lines[-1].split(": ", 1)[-1] if lines else f"converting {path.name} failed"
+                )
     return target
+
+
+#: torch dtypes as safetensors names them.
+_SAFETENSORS_NAMES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+
+
+def write_legacy_as_safetensors(source: str | Path, target: str | Path) -> None:
+    """Write a ``pytorch_model.bin`` (read with ``torch.load(weights_only=True)``, memory-mapped: it cannot
+    run code) as one safetensors file, one tensor at a time.
+
+    Raises:
+        BackboneError: the file holds anything but a mapping of names to tensors, or cannot be read.
+    """
+    name = Path(source).name
+    try:
+        state = torch.load(source, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # pickle.UnpicklingError for code or objects, RuntimeError for a damaged zip
+        raise BackboneError(
+            f"{name} cannot be loaded as weights only ({type(exc).__name__}: {str(exc).splitlines()[0]}): "
+            "a checkpoint file that holds code or other objects is refused"
+        ) from exc
+    if not isinstance(state, dict) or not state:
+        raise BackboneError(f"{name} does not hold a mapping of parameter names to tensors: refused")
+    odd = sorted(str(k) for k, v in state.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor)))
+    if odd:
+        raise BackboneError(f"{name} holds entries that are not tensors ({', '.join(odd[:5])}): refused")
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for key, tensor in state.items():
+        if tensor.dtype not in _SAFETENSORS_NAMES:
+            raise BackboneError(f"{name}: tensor {key!r} has the unsupported type {tensor.dtype}: refused")
+        size = tensor.numel() * tensor.element_size()
+        header[key] = {
+            "dtype": _SAFETENSORS_NAMES[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    with open(target, "wb") as out:
+        out.write(struct.pack("<Q", len(blob)))
+        out.write(blob)
+        for tensor in state.values():
+            out.write(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
 def sha256_of_file(path: Path) -> str:
