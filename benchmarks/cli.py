@@ -45,6 +45,8 @@ from benchmarks.variants import (
 log = logging.getLogger(__name__)
 
 DEFAULT_OUT = Path("bench-results/benchmark.json")
+#: With a ``*-hub`` model, the torch variants are also timed from the folder, under this prefix.
+FOLDER_PREFIX = "folder:"
 
 
 @dataclass
@@ -122,6 +124,16 @@ def run_benchmark(cfg: Settings, say: Callable[[str], None]) -> dict[str, Any]:
             start = time.perf_counter()
             backbones[variant.name] = build_variant(variant, folder, spec, cfg.cache_dir, cfg.threads)
             result["load_s"][variant.name] = time.perf_counter() - start
+        if location != str(folder):
+            # The same weights from the folder they were saved to, timed in the same rounds: what the
+            # hub path costs or saves, free of this machine's drift between runs.
+            folder_spec = BackboneSpec(kind="hubert", model=str(folder), layer=cfg.layer)
+            for variant in [v for v in variants if v.backend == "torch"]:
+                name = f"{FOLDER_PREFIX}{variant.name}"
+                say(f"loading {name}")
+                start = time.perf_counter()
+                backbones[name] = build_variant(variant, folder, folder_spec, cfg.cache_dir, cfg.threads)
+                result["load_s"][name] = time.perf_counter() - start
         default = default_variant_name()
         result["default_variant"] = default
         result["torch_threads"] = torch.get_num_threads()
@@ -161,6 +173,9 @@ def run_benchmark(cfg: Settings, say: Callable[[str], None]) -> dict[str, Any]:
 
         say("peak memory of loading the encoder in bf16, in fresh processes")
         result["load_memory"] = measure_load_peaks(location, cfg.cache_dir, cfg.quick)
+        if location != str(folder):
+            say("the same from the folder")
+            result["load_memory_folder"] = measure_load_peaks(folder, cfg.cache_dir / "folder", cfg.quick)
 
         result["batched"] = {}
         served = [name for name in cfg.http_variants if name in backbones]
@@ -176,6 +191,14 @@ def run_benchmark(cfg: Settings, say: Callable[[str], None]) -> dict[str, Any]:
                 result["http"][name] = measure_http(
                     variant, backbones[name], work, cfg, result["batched"][name], say
                 )
+                twin = f"{FOLDER_PREFIX}{name}"
+                if twin in backbones:
+                    say(f"serving {twin} over HTTP")
+                    (work / "folder-http").mkdir(exist_ok=True)
+                    result["batched"][twin] = measure_batched(backbones[twin], cfg)
+                    result["http"][twin] = measure_http(
+                        variant, backbones[twin], work / "folder-http", cfg, result["batched"][twin], say
+                    )
         result["load_average_end"] = list(os.getloadavg())
         result["targets"] = evaluate_targets(result, cfg)
         return result

@@ -58,9 +58,13 @@ def test_every_section_is_written(quick_run):
         assert key in result, key
     assert result["model"]["kind"] == "tiny" and result["model"]["num_hidden_layers"] == 3
     assert result["spec"]["model"] == result["model"]["hub_standin"]["id"] == "facebook/hubert-large-ll60k"
+    # the same weights from their folder, timed in the same rounds and served beside them
+    assert {"folder:torch-fp32", "folder:torch-bf16"} <= set(result["latency"])
+    assert result["accuracy"]["variants"]["folder:torch-fp32"]["relative_error_max"] < 1e-5
+    assert "folder:" + result["default_variant"] in result["http"] and "load_memory_folder" in result
     assert result["peak"]["fp32_gflops"] > 0 and result["peak"]["bf16_gflops"] > 0
     variants = {"naive", "torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8"}
-    assert set(result["latency"]) == variants
+    assert set(result["latency"]) == variants | {"folder:torch-fp32", "folder:torch-bf16"}
     for per_len in result["latency"].values():
         assert set(per_len) == {"1.0", "2.5"}
         for seconds, entry in per_len.items():
