@@ -27,23 +27,17 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from benchmarks.cli import comma_names
 from shared.backbones import BackboneSpec, EncoderOptions, build_backbone
-from shared.constants import EMOTIONS
 from shared.loudness import DEFAULT_LEVEL_DBFS
 from shared.predictor import sanitize_features
 from shared.session import SessionStats, normalise_groups
 from training.corpora import prepare_corpus
 from training.embeddings import extract_embeddings
-from training.pipeline import make_pipeline
+from training.pipeline import fit_pipeline
 
 DEFAULT_OUT = Path("bench-results/sessions.json")
 DEFAULT_MINIMA = ("1", "3", "5", "10", "20", "all")
 #: Positions in a session (from 1) over which the two classifiers are compared utterance by utterance.
 POSITIONS = ((1, 2), (3, 4), (5, 9), (10, 19), (20, 10_000))
-
-
-def _fit(x: np.ndarray, y: np.ndarray, seed: int) -> Any:
-    counts = [int(np.sum(y == label)) for label in EMOTIONS]
-    return make_pipeline(len(x), x.shape[1], min_class_count=min(counts), seed=seed).fit(x, y)
 
 
 def _predict(model: Any, x: np.ndarray) -> np.ndarray:
@@ -62,8 +56,10 @@ def replay(
     splitter = StratifiedGroupKFold(n_splits=5, shuffle=True, random_state=seed)
     rng = np.random.default_rng(seed)
     for train, test in splitter.split(x, y, speakers):
-        single = _fit(x[train], y[train], seed)
-        session = _fit(sanitize_features(normalise_groups(x[train], speakers[train])), y[train], seed)
+        single = fit_pipeline(x[train], y[train], seed=seed)
+        session = fit_pipeline(
+            sanitize_features(normalise_groups(x[train], speakers[train])), y[train], seed=seed
+        )
         alone = _predict(single, x[test])
         for speaker in np.unique(speakers[test]):
             rows = test[speakers[test] == speaker]

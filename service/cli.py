@@ -66,6 +66,7 @@ def predict_files(args: argparse.Namespace) -> int:
     from service.bundles import demo_notice
     from service.settings import ServiceSettings
     from shared.audio import AudioLimits, load_audio
+    from shared.constants import SAMPLE_RATE
     from shared.errors import SERError
     from shared.session import SessionStats
 
@@ -107,7 +108,7 @@ def predict_files(args: argparse.Namespace) -> int:
                         "uncertain_reasons": list(p.uncertain_reasons),
                         "ood_percentile": p.ood_percentile,
                         "classifier": p.classifier,
-                        "duration_s": round(float(np.asarray(waves[path]).shape[0]) / 16000, 3),
+                        "duration_s": round(float(np.asarray(waves[path]).shape[0]) / SAMPLE_RATE, 3),
                     }
                 )
             )

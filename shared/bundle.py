@@ -29,7 +29,6 @@ written with the lowest version that holds it, so older services keep loading wh
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -55,6 +54,7 @@ from shared.errors import (
     BundleLabelError,
     BundleNotFoundError,
 )
+from shared.hashing import sha256_file
 from shared.uncertainty import FeatureReference, Uncertainty
 
 FORMAT_VERSION = 2
@@ -183,14 +183,6 @@ def format_version_for(backbone: dict[str, Any]) -> int:
     """The lowest format version that holds a bundle with this backbone record (see the module doc)."""
     normalises = backbone.get("level_dbfs") is not None or bool(backbone.get("trim_silence"))
     return 2 if normalises else 1
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def library_versions() -> dict[str, str]:

@@ -34,7 +34,7 @@ from shared.constants import EMOTIONS
 from shared.predictor import SESSION, Prediction, sanitize_features
 from shared.session import normalise_groups
 from shared.uncertainty import REASONS, FeatureReference, Uncertainty
-from training.pipeline import make_pipeline
+from training.pipeline import fit_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -321,11 +321,7 @@ def _fit_and_judge(
 ) -> tuple[np.ndarray, list[tuple[str, ...]]]:
     """Probabilities ``[n_test, 6]`` (``EMOTIONS`` order) of a pipeline fitted on the training part, and why
     each is uncertain (a ``FeatureReference`` of the training part)."""
-    counts = [int(np.sum(y_train == label)) for label in EMOTIONS]
-    model = make_pipeline(
-        len(x_train), x_train.shape[1], min_class_count=min(counts), seed=seed, **(pipeline_options or {})
-    )
-    model.fit(x_train, y_train)
+    model = fit_pipeline(x_train, y_train, seed=seed, **(pipeline_options or {}))
     columns = [list(model.classes_).index(label) for label in EMOTIONS]
     proba = model.predict_proba(x_test)[:, columns]
     percentiles = FeatureReference.fit(x_train).percentile(x_test)

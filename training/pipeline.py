@@ -12,8 +12,10 @@ skops pipeline, as it does any pipeline ``shared.classifier`` cannot.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.decomposition import PCA
 from sklearn.ensemble import RandomForestClassifier, VotingClassifier
@@ -93,3 +95,19 @@ def make_pipeline(
             final,
         ]
     )
+
+
+def fit_pipeline(
+    x: np.ndarray, labels: Sequence[str] | np.ndarray, *, seed: int = 0, **options: Any
+) -> Pipeline:
+    """``make_pipeline`` sized to features ``[n, d]`` and their labels, fitted on them.
+
+    Raises:
+        ValueError: an emotion present has fewer than 2 clips.
+    """
+    y = np.asarray(labels)
+    _, counts = np.unique(y, return_counts=True)
+    model = make_pipeline(
+        len(x), x.shape[1], min_class_count=int(counts.min()) if len(counts) else 0, seed=seed, **options
+    )
+    return model.fit(x, y)

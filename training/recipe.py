@@ -38,7 +38,7 @@ from training.evaluation import (
     reliability_png,
     report_markdown,
 )
-from training.pipeline import DEFAULT_PCA_COMPONENTS, make_pipeline
+from training.pipeline import DEFAULT_PCA_COMPONENTS, fit_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -138,18 +138,6 @@ def backbone_record(backbone: Backbone) -> dict[str, Any]:
     return {**backbone.spec.to_dict(), "dim": backbone.dim, "dtype": backbone.dtype, **backbone.fingerprint}
 
 
-def _fit_pipeline(x: np.ndarray, labels: Sequence[str], seed: int, options: dict[str, Any] | None) -> Any:
-    counts = {label: list(labels).count(label) for label in set(labels)}
-    pipeline = make_pipeline(
-        len(x),
-        x.shape[1],
-        min_class_count=min(counts.values()) if counts else 0,
-        seed=seed,
-        **(options or {}),
-    )
-    return pipeline.fit(x, np.asarray(labels))
-
-
 def session_training_rows(labels: Sequence[str], speakers: Sequence[str]) -> np.ndarray | None:
     """Rows of the speakers with at least ``MIN_SESSION_UTTERANCES`` clips, when those speakers number
     2 or more and give every emotion 2 clips; None otherwise (no session classifier can be fitted)."""
@@ -188,7 +176,7 @@ def fit_bundle(
         ValueError: an emotion has fewer than 2 clips. BundleError: the bundle cannot be written.
     """
     x = sanitize_features(embeddings)
-    pipeline = _fit_pipeline(x, labels, seed, pipeline_options)
+    pipeline = fit_pipeline(x, labels, seed=seed, **(pipeline_options or {}))
     session: dict[str, Any] = {}
     rows = None if speakers is None else session_training_rows(labels, speakers)
     if rows is not None:
@@ -196,7 +184,9 @@ def fit_bundle(
         groups = [speakers[i] for i in rows]
         normalised = sanitize_features(normalise_groups(x[rows], groups))
         session = {
-            "session_pipeline": _fit_pipeline(normalised, [labels[i] for i in rows], seed, pipeline_options),
+            "session_pipeline": fit_pipeline(
+                normalised, [labels[i] for i in rows], seed=seed, **(pipeline_options or {})
+            ),
             "session_reference": FeatureReference.fit(normalised),
             "session": {
                 "minimum_utterances": MIN_SESSION_UTTERANCES,

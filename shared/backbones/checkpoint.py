@@ -28,6 +28,7 @@ from shared.backbones.cache import building_cache_entry, cache_digest
 from shared.backbones.options import EncoderOptions
 from shared.backbones.runtime import TORCH_DTYPES
 from shared.errors import BackboneError
+from shared.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +216,7 @@ def convert_legacy_weights(path: Path, cache_dir: Path) -> Path:
     import subprocess
     import sys
 
-    digest = sha256_of_file(path)
+    digest = sha256_file(path)
     entry = cache_dir / "converted" / digest[:32]
     target = entry / "model.safetensors"
     if target.is_file():
@@ -291,14 +292,6 @@ def write_legacy_as_safetensors(source: str | Path, target: str | Path) -> None:
         out.write(blob)
         for tensor in state.values():
             out.write(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-
-
-def sha256_of_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_safetensors_header(path: Path) -> tuple[dict[str, Any], int]:

@@ -8,7 +8,6 @@ a thread pool with one shared ``httpx.Client`` and collects a ``DownloadReport``
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 import time
@@ -20,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from shared.bundle import sha256_file
+from shared.hashing import file_digest
 from training.corpora.base import CorpusError
 
 #: The first bytes of a Git LFS pointer file: what a server hands out when it serves the
@@ -95,17 +94,6 @@ class DownloadReport:
             "failed": len(self.failed),
             "failures": {name: reason for name, reason in self.failed},
         }
-
-
-def file_digest(path: Path, algorithm: str = "sha256") -> str:
-    """The hex digest of a file's bytes."""
-    if algorithm == "sha256":
-        return sha256_file(path)
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def is_verified(path: Path, digest: str, size: int, algorithm: str = "sha256") -> bool:
