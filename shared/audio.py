@@ -42,6 +42,7 @@ from __future__ import annotations
 import io
 import math
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -63,6 +64,7 @@ from shared.errors import (
 __all__ = [
     "SUPPORTED_FORMATS",
     "AudioLimits",
+    "AudioStream",
     "check_waveform",
     "decode_audio",
     "load_audio",
@@ -181,51 +183,227 @@ def decode_audio(
         OSError: ``source`` is a path that cannot be read.
         ValueError: ``sample_rate`` or ``max_seconds`` is not positive.
     """
+    _check_rate_and_limit(sample_rate, max_seconds)
+    decoding = _Decoding.open(source)
+    runs: list[tuple[int, list[np.ndarray]]] = []
+    for rate, block in decoding.runs(max_seconds):
+        if not runs or runs[-1][0] != rate:
+            runs.append((rate, []))
+        runs[-1][1].append(block)
+    pieces = [_resample(np.concatenate(blocks), rate, sample_rate) for rate, blocks in runs]
+    waveform = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+    if waveform.size == 0:
+        raise AudioDecodeError(
+            f"{decoding.where}the file holds no audio samples; accepted: {SUPPORTED_FORMATS}"
+        )
+    np.clip(waveform, -1.0, 1.0, out=waveform)
+    return waveform
+
+
+class AudioStream:
+    """A file decoded block by block: float32 mono blocks at ``sample_rate``, never the whole file.
+
+    Memory holds one block (about ``block_seconds`` of audio) whatever the file's length, so hours of
+    audio can be read with a bounded footprint. Iterating again decodes the file again from the start.
+
+    Args:
+        source: the file's bytes, or a path to it.
+        sample_rate: output rate (Hz).
+        max_seconds: raise ``AudioTooLongError`` once more than this much audio has been decoded.
+        block_seconds: the length of the blocks yielded (the last one is shorter).
+        keep_partial: when decoding fails after some audio was decoded (a corrupt or cut packet), end the
+            stream there instead of raising, and keep the error in ``error``: the audio before the damage
+            is still usable. A failure before any audio is always raised.
+
+    Attributes:
+        where: ``"<file name>: "`` for paths (how error messages name the file), else empty.
+        declared_seconds: the duration the container's header declares, where it declares one.
+        decoded_seconds: audio yielded by the last complete or interrupted iteration (s).
+        error: the ``AudioDecodeError`` that ended the last iteration early (``keep_partial`` only).
+
+    Raises (on opening):
+        UnsupportedAudioFormatError, AudioDecodeError, OSError: as ``decode_audio``.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        *,
+        sample_rate: int = SAMPLE_RATE,
+        max_seconds: float | None = None,
+        block_seconds: float = 10.0,
+        keep_partial: bool = False,
+    ) -> None:
+        _check_rate_and_limit(sample_rate, max_seconds)
+        if not block_seconds > 0:
+            raise ValueError(f"block_seconds must be positive, got {block_seconds}")
+        self._decoding = _Decoding.open(source)
+        self.where = self._decoding.where
+        self.sample_rate = sample_rate
+        self.max_seconds = max_seconds
+        self.block_samples = max(1, int(block_seconds * sample_rate))
+        self.keep_partial = keep_partial
+        self.decoded_seconds = 0.0
+        self.error: AudioDecodeError | None = None
+
+    @property
+    def declared_seconds(self) -> float | None:
+        """The duration the container's header declares (known once decoding has begun for the formats
+        FFmpeg reads), or None."""
+        return self._decoding.declared_seconds
+
+    @property
+    def truncated(self) -> bool:
+        """True where the last iteration yielded clearly less than the header declares, or ended on an
+        error: the file was cut short or damaged."""
+        if self.error is not None:
+            return True
+        declared = self.declared_seconds
+        return declared is not None and self.decoded_seconds < declared - max(0.5, 0.01 * declared)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        self.error, self.decoded_seconds = None, 0.0
+        pending: list[np.ndarray] = []
+        held = 0
+        resampler: Any = None
+        rate_now = 0
+        yielded = 0
+        try:
+            for rate, block in self._decoding.runs(self.max_seconds):
+                if rate != rate_now:
+                    if resampler is not None:
+                        pending.append(self._flush(resampler))
+                    resampler = (
+                        None
+                        if rate == self.sample_rate
+                        else soxr.ResampleStream(rate, self.sample_rate, 1, dtype="float32", quality="HQ")
+                    )
+                    rate_now = rate
+                out = block if resampler is None else resampler.resample_chunk(block)
+                pending.append(out)
+                held += out.shape[0]
+                while held >= self.block_samples:
+                    chunk, pending, held = _split_off(pending, self.block_samples)
+                    yielded += chunk.shape[0]
+                    self.decoded_seconds = yielded / self.sample_rate
+                    yield chunk
+        except AudioDecodeError as exc:
+            if not self.keep_partial or (yielded == 0 and held == 0):
+                raise
+            self.error = exc
+        if resampler is not None:
+            pending.append(self._flush(resampler))
+        tail = np.concatenate(pending) if pending else np.zeros(0, dtype=np.float32)
+        if yielded == 0 and tail.size == 0:
+            raise AudioDecodeError(
+                f"{self.where}the file holds no audio samples; accepted: {SUPPORTED_FORMATS}"
+            )
+        if tail.size:
+            np.clip(tail, -1.0, 1.0, out=tail)
+            yielded += tail.shape[0]
+            self.decoded_seconds = yielded / self.sample_rate
+            yield tail
+
+    @staticmethod
+    def _flush(resampler: Any) -> np.ndarray:
+        return np.asarray(
+            resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True), dtype=np.float32
+        )
+
+
+def _split_off(pending: list[np.ndarray], n: int) -> tuple[np.ndarray, list[np.ndarray], int]:
+    """The first ``n`` samples of ``pending`` blocks (clipped to [-1, 1]), and what is left."""
+    joined = np.concatenate(pending)
+    chunk, rest = joined[:n].copy(), joined[n:]
+    np.clip(chunk, -1.0, 1.0, out=chunk)
+    return chunk, ([rest] if rest.size else []), int(rest.shape[0])
+
+
+def _check_rate_and_limit(sample_rate: int, max_seconds: float | None) -> None:
     if sample_rate <= 0:
         raise ValueError(f"sample_rate must be positive, got {sample_rate}")
     if max_seconds is not None and not max_seconds > 0:
         raise ValueError(f"max_seconds must be positive or None, got {max_seconds}")
 
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        raw = bytes(source)
-        head, where = raw[:_SNIFF_BYTES], ""
 
-        def open_input() -> BinaryIO | str:
-            return io.BytesIO(raw)
+class _Decoding:
+    """One opened input: sniffed, routed to libsndfile or PyAV, and decodable as constant-rate runs."""
 
-    else:
-        path = Path(source)
-        with path.open("rb") as handle:
-            head = handle.read(_SNIFF_BYTES)
-        where = f"{path.name}: "
+    def __init__(self, kind: str, where: str, open_input: Callable[[], BinaryIO | str]) -> None:
+        self.kind, self.where, self._open_input = kind, where, open_input
+        self.declared_seconds: float | None = None
+        self._soundfile = False
+        if kind in _SOUNDFILE_KINDS:
+            try:
+                with sf.SoundFile(open_input()) as handle:
+                    self._soundfile = True
+                    if handle.frames > 0 and handle.samplerate > 0:
+                        self.declared_seconds = handle.frames / handle.samplerate
+            except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
+                pass  # PyAV decodes what libsndfile cannot open
 
-        def open_input() -> BinaryIO | str:
-            return str(path)
+    @classmethod
+    def open(cls, source: Source) -> _Decoding:
+        """Sniff ``source`` (bytes or a path).
 
-    if not head:
-        raise AudioDecodeError(f"{where}empty input (0 bytes); expected an audio file: {SUPPORTED_FORMATS}")
+        Raises:
+            AudioDecodeError: empty input. UnsupportedAudioFormatError: certainly not audio. OSError.
+        """
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            raw = bytes(source)
+            head, where = raw[:_SNIFF_BYTES], ""
 
-    kind = _sniff(head)
-    if kind.startswith("not-audio:"):
-        raise UnsupportedAudioFormatError(
-            f"{where}this is {kind.removeprefix('not-audio:')}, not audio; accepted: {SUPPORTED_FORMATS}"
+            def open_input() -> BinaryIO | str:
+                return io.BytesIO(raw)
+
+        else:
+            path = Path(source)
+            with path.open("rb") as handle:
+                head = handle.read(_SNIFF_BYTES)
+            where = f"{path.name}: "
+
+            def open_input() -> BinaryIO | str:
+                return str(path)
+
+        if not head:
+            raise AudioDecodeError(
+                f"{where}empty input (0 bytes); expected an audio file: {SUPPORTED_FORMATS}"
+            )
+        kind = _sniff(head)
+        if kind.startswith("not-audio:"):
+            raise UnsupportedAudioFormatError(
+                f"{where}this is {kind.removeprefix('not-audio:')}, not audio; accepted: {SUPPORTED_FORMATS}"
+            )
+        return cls(kind, where, open_input)
+
+    def runs(self, max_seconds: float | None) -> Iterator[tuple[int, np.ndarray]]:
+        """(source rate, float32 mono block) in order; raises once more than ``max_seconds`` is decoded.
+
+        Raises:
+            AudioDecodeError, UnsupportedAudioFormatError, AudioTooLongError.
+        """
+        blocks = (
+            _soundfile_blocks(self._open_input(), self.kind, max_seconds, self.where)
+            if self._soundfile
+            else _pyav_blocks(self._open_input(), self.kind, self.where, self)
         )
-
-    segments = _decode_soundfile(open_input(), kind, max_seconds, where) if kind in _SOUNDFILE_KINDS else None
-    if segments is None:
-        segments = _decode_pyav(open_input(), kind, max_seconds, where)
-
-    if not all(np.isfinite(chunk).all() for _, chunk in segments):
-        raise AudioDecodeError(
-            f"{where}corrupt audio: the file contains non-finite samples (NaN or infinity); "
-            f"accepted: {SUPPORTED_FORMATS}"
-        )
-    pieces = [_resample(chunk, rate, sample_rate) for rate, chunk in segments]
-    waveform = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
-    if waveform.size == 0:
-        raise AudioDecodeError(f"{where}the file holds no audio samples; accepted: {SUPPORTED_FORMATS}")
-    np.clip(waveform, -1.0, 1.0, out=waveform)
-    return waveform
+        earlier, samples, rate_now = 0.0, 0, 0
+        for rate, block in blocks:
+            if not np.isfinite(block).all():
+                raise AudioDecodeError(
+                    f"{self.where}corrupt audio: the file contains non-finite samples (NaN or infinity); "
+                    f"accepted: {SUPPORTED_FORMATS}"
+                )
+            if rate != rate_now:
+                if rate_now:
+                    earlier += samples / rate_now
+                rate_now, samples = rate, 0
+            samples += block.shape[0]
+            # Samples are counted as integers per constant-rate run, so that a clip of exactly
+            # max_seconds is not refused by rounding in a running sum of durations.
+            if max_seconds is not None and samples > math.floor((max_seconds - earlier) * rate):
+                raise _too_long_while_decoding(max_seconds, earlier + samples / rate, self.where)
+            yield rate, block
 
 
 def check_waveform(waveform: np.ndarray, limits: AudioLimits, *, sample_rate: int = SAMPLE_RATE) -> None:
@@ -331,21 +509,16 @@ def _looks_like_text(head: bytes) -> bool:
 # --- soundfile path ----------------------------------------------------------------------------
 
 
-def _decode_soundfile(
+def _soundfile_blocks(
     file: BinaryIO | str, kind: str, max_seconds: float | None, where: str
-) -> list[tuple[int, np.ndarray]] | None:
-    """Decode with libsndfile; None where it cannot open the file (the caller falls back to PyAV)."""
-    try:
-        handle = sf.SoundFile(file)
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
-        return None
-    with handle:
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Decode with libsndfile in blocks (reading at most one sample past ``max_seconds``)."""
+    with sf.SoundFile(file) as handle:
         rate = handle.samplerate
         limit = _limit_samples(max_seconds, rate)
-        blocks: list[np.ndarray] = []
         total = 0
         while True:
-            want = _BLOCK_FRAMES if limit is None else min(_BLOCK_FRAMES, limit + 1 - total)
+            want = _BLOCK_FRAMES if limit is None else max(1, min(_BLOCK_FRAMES, limit + 1 - total))
             try:
                 block = handle.read(want, dtype="float32", always_2d=True)
             except (sf.LibsndfileError, RuntimeError) as exc:
@@ -355,25 +528,23 @@ def _decode_soundfile(
                 ) from exc
             if block.shape[0] == 0:
                 break
-            blocks.append(_mean_channels(block.T))
             total += block.shape[0]
-            if limit is not None and total > limit:
-                raise _too_long_while_decoding(max_seconds, total / rate, where)
+            yield rate, _mean_channels(block.T)
     if total == 0:
         raise AudioDecodeError(
             f"{where}no audio samples could be decoded from this {_KIND_NAMES[kind]} file "
             f"(empty or truncated); accepted: {SUPPORTED_FORMATS}"
         )
-    return [(rate, blocks[0] if len(blocks) == 1 else np.concatenate(blocks))]
 
 
 # --- PyAV path ---------------------------------------------------------------------------------
 
 
-def _decode_pyav(
-    file: BinaryIO | str, kind: str, max_seconds: float | None, where: str
-) -> list[tuple[int, np.ndarray]]:
-    """Decode the first audio stream with PyAV (FFmpeg), frame by frame."""
+def _pyav_blocks(
+    file: BinaryIO | str, kind: str, where: str, decoding: _Decoding
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Decode the first audio stream with PyAV (FFmpeg), frame by frame; records the container's
+    declared duration on ``decoding``."""
     name = _KIND_NAMES[kind]
     weak = kind in _WEAK_KINDS
     forced = _PYAV_FORMAT.get(kind)
@@ -399,11 +570,9 @@ def _decode_pyav(
                 f"{where}the file holds no audio stream (found: {found}); accepted: {SUPPORTED_FORMATS}"
             )
         stream = container.streams.audio[0]
-        segments: list[tuple[int, list[np.ndarray]]] = []
-        # Samples are counted as integers per constant-rate segment so that a clip of exactly
-        # max_seconds is not rejected by rounding in a running sum of frame durations.
-        earlier_seconds, samples = 0.0, 0
-        seconds = 0.0
+        if container.duration and container.duration > 0:
+            decoding.declared_seconds = container.duration / av.time_base
+        seconds, any_samples = 0.0, False
         try:
             for frame in container.decode(stream):
                 if frame.samples == 0:
@@ -411,31 +580,23 @@ def _decode_pyav(
                 rate = int(frame.sample_rate)
                 if rate <= 0:
                     raise AudioDecodeError(f"{where}corrupt {name} file: a frame has sample rate {rate} Hz")
-                if not segments or segments[-1][0] != rate:
-                    if segments:
-                        earlier_seconds += samples / segments[-1][0]
-                    segments.append((rate, []))
-                    samples = 0
-                segments[-1][1].append(_frame_to_mono(frame))
-                samples += frame.samples
-                seconds = earlier_seconds + samples / rate
-                if max_seconds is not None and seconds > max_seconds:
-                    raise _too_long_while_decoding(max_seconds, seconds, where)
+                any_samples = True
+                seconds += frame.samples / rate
+                yield rate, _frame_to_mono(frame)
         except av.FFmpegError as exc:
-            if weak and not segments:
+            if weak and not any_samples:
                 raise _not_recognised(where) from exc
             raise AudioDecodeError(
                 f"{where}corrupt {name} file: decoding failed after {seconds:.2f} s ({_ffmpeg_reason(exc)}); "
                 f"accepted: {SUPPORTED_FORMATS}"
             ) from exc
-    if not segments:
+    if not any_samples:
         if weak:
             raise _not_recognised(where)
         raise AudioDecodeError(
             f"{where}no audio samples could be decoded from this {name} file (empty or truncated); "
             f"accepted: {SUPPORTED_FORMATS}"
         )
-    return [(rate, np.concatenate(chunks)) for rate, chunks in segments]
 
 
 def _not_recognised(where: str, detail: str = "") -> UnsupportedAudioFormatError:

@@ -179,10 +179,10 @@ class FrameEncoder(Protocol):
     ``pool(encode_frames(w))`` over all frames equals ``embed_batch([w])[0]``: both are one computation.
     """
 
-    def encode_frames(self, waveform: np.ndarray) -> HiddenStates:
+    def encode_frames(self, waveform: np.ndarray, *, overlap_seconds: float = 0.0) -> HiddenStates:
         """The hidden states of one mono float32 16 kHz waveform ``[n_samples]`` (the spec's layer(s),
-        normalised as ``embed_batch`` normalises; inputs over the window length are encoded window by
-        window)."""
+        normalised as ``embed_batch`` normalises; inputs over the window length are encoded in pieces,
+        overlapping by ``2 * overlap_seconds`` when that is set)."""
         ...
 
     def pool(self, states: HiddenStates, first: int = 0, last: int | None = None) -> np.ndarray:

@@ -108,24 +108,52 @@ class PooledSpeechEncoder:
 
     # -- the FrameEncoder interface --------------------------------------------------------------------
 
-    def encode_frames(self, waveform: np.ndarray) -> HiddenStates:
-        """The hidden states of one waveform, normalised and windowed as ``embed_batch`` does (with
+    def encode_frames(self, waveform: np.ndarray, *, overlap_seconds: float = 0.0) -> HiddenStates:
+        """The hidden states of one waveform, normalised as ``embed_batch`` does (with
         ``spec.trim_silence`` the frames' ``starts`` count from the trimmed input's first sample).
+
+        An input longer than the window length is encoded in pieces of at most that length. With
+        ``overlap_seconds``, consecutive pieces overlap by twice that: each piece is encoded with that much
+        context on both sides and gives only the frames of its middle, so frames near a piece boundary
+        see the audio around them, and the frames lie on the grid a single pass would give.
 
         Raises:
             BackboneError: the waveform is shorter than one encoder frame.
         """
         wave = self._normalize(self.spec.prepare(waveform))
-        frames, starts = [], []
-        for offset, window_frames in self._windows(wave):
-            frames.append(window_frames)
-            starts.append(offset + self.hop * np.arange(window_frames.shape[0], dtype=np.int64))
+        context = int(overlap_seconds * SAMPLE_RATE) // self.hop * self.hop
+        # at least half of every piece is its own middle
+        context = min(context, self.window_samples // 4 // self.hop * self.hop)
+        if context <= 0 or wave.shape[0] <= self.window_samples:
+            frames, starts = [], []
+            for offset, window_frames in self._windows(wave):
+                frames.append(window_frames)
+                starts.append(offset + self.hop * np.arange(window_frames.shape[0], dtype=np.int64))
+        else:
+            frames, starts = self._overlapped(wave, context)
         return HiddenStates(
             frames=np.concatenate(frames),
             starts=np.concatenate(starts),
             hop=self.hop,
             receptive=self.receptive,
         )
+
+    def _overlapped(self, wave: np.ndarray, context: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Frames and their first samples, piece by piece, each piece with ``context`` samples (a multiple
+        of ``hop``) of audio on both sides of the middle it keeps."""
+        step = (self.window_samples - 2 * context) // self.hop * self.hop
+        frames, starts = [], []
+        core = 0
+        while core < wave.shape[0]:
+            core_end = min(wave.shape[0], core + step)
+            first = max(0, core - context)
+            piece = self._forward([wave[first : min(wave.shape[0], core_end + context)]])[0]
+            at = first + self.hop * np.arange(piece.shape[0], dtype=np.int64)
+            keep = (at >= core) & (at < core_end)
+            frames.append(piece[keep])
+            starts.append(at[keep])
+            core = core_end
+        return frames, starts
 
     def pool(self, states: HiddenStates, first: int = 0, last: int | None = None) -> np.ndarray:
         """The embedding of frames ``[first, last)`` of ``states``, float32 ``[dim]``.
