@@ -23,18 +23,22 @@ from service.bundles import demo_notice, resolve_served_bundle
 from service.docs import mount_docs
 from service.engine import InferenceEngine, PredictorFactory
 from service.errors import install_error_handlers
+from service.jobs import STATES, JobManager
 from service.logs import configure_logging
 from service.metrics import ServiceMetrics
 from service.middleware import REQUEST_ID_HEADER, BodySizeLimitMiddleware, RequestContextMiddleware
 from service.routes import guarded, public
 from service.schemas import Base64AudioRequest
 from service.settings import ServiceSettings
+from service.timeline_routes import router as timeline_router
 
 log = logging.getLogger(__name__)
 
 DESCRIPTION = """
 Speech emotion recognition: send an utterance (WAV, FLAC, MP3, OGG, Opus, WebM, M4A...; 0.5 to 30 s by
 default), get one of six emotions (neutral, happy, sad, angry, fear, disgust) with all six probabilities.
+Send a long recording to `/v1/timeline` (up to 10 minutes by default) or `/v1/jobs` (hours) for an emotion
+timeline: speech regions, windows, merged segments and a summary.
 
 Errors are `{"error": "...", "error_type": "<stable code>"}`; 503 replies carry `Retry-After`.
 Every response has an `X-Request-ID` header (the client's own, if it sent a sane one).
@@ -74,6 +78,15 @@ def create_app(
     configure_logging(settings.log_level, json_lines=settings.log_json)
     metrics = ServiceMetrics()
     engine = InferenceEngine(settings, metrics, bundle_dir, predictor_factory)
+    jobs = JobManager(
+        settings.data_dir,
+        lambda: engine.analyzer if engine.state == "ready" else None,
+        max_active=settings.jobs_max,
+        workers=settings.job_workers,
+        max_seconds=settings.job_max_seconds,
+        ttl_s=settings.job_ttl_s,
+        on_audio=lambda seconds: metrics.audio_processed.labels("jobs").inc(seconds),
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -83,6 +96,8 @@ def create_app(
         notice = demo_notice(engine.bundle_dir)
         if notice:
             log.warning("%s", notice)
+        await jobs.start()
+        metrics.track_jobs(lambda: jobs.store.counts() if jobs.store is not None else {}, STATES)
         loading = asyncio.create_task(engine.start(), name="ser-load-model")
 
         def after_loading(_: asyncio.Task[None]) -> None:
@@ -97,6 +112,7 @@ def create_app(
             if not loading.done():
                 loading.cancel()
                 await asyncio.gather(loading, return_exceptions=True)
+            await jobs.stop()
             await engine.stop()
 
     app = FastAPI(
@@ -110,13 +126,18 @@ def create_app(
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.engine = engine
+    app.state.jobs = jobs
 
     install_error_handlers(app, retry_after_s=settings.retry_after_s)
     app.include_router(public)
     app.include_router(guarded)
+    app.include_router(timeline_router)
 
     # Added last = outermost: request ids and access logs cover CORS answers and 413 refusals too.
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    # The long-recording routes stream their uploads to disk under their own limits.
+    app.add_middleware(
+        BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes, exempt=("/v1/timeline", "/v1/jobs")
+    )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -12,6 +12,9 @@ How a batch is formed:
    model runs. Each result is set on its own future; where a batch fails, its items are retried one at
    a time, so one bad utterance cannot fail the others.
 
+Other model work (a long recording's regions, ``run_task``) runs on the same thread, one task between
+two windows of batches, so a long analysis never holds single predictions back for more than one task.
+
 Admission control: at most ``queue_depth`` utterances may be reserved or waiting. ``reserve(n)`` admits
 ``n`` utterances before they are decoded (one check, counted once if refused) and hands back a
 ``Reservation`` to submit them through; ``submit`` without a reservation checks for itself. Beyond the
@@ -29,6 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -116,8 +120,12 @@ class MicroBatcher:
         self.length_ratio = max(1.0, length_ratio)
         self._on_batch = on_batch
         self._pending: collections.deque[_Item] = collections.deque()
+        self._tasks: collections.deque[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = (
+            collections.deque()
+        )
         self._cond = threading.Condition()
         self._accepting = True
+        self._task_turn = False
         self._stopping = False
         self._drain = True
         self._reserved = 0
@@ -212,6 +220,23 @@ class MicroBatcher:
         # task is cancelled, cancels the concurrent future too, which is what the batcher checks.
         return await asyncio.wrap_future(self.submit_nowait(waveform))
 
+    def run_task(self, fn: Callable[[], Any]) -> concurrent.futures.Future[Any]:
+        """Run ``fn`` on the inference thread (it may use the model), between two windows of batches.
+
+        Tasks are not counted against ``queue_depth``: their callers bound them (one task in flight per
+        analysis). Cancelling the future before the task starts skips it.
+
+        Raises:
+            NotReadyError: the batcher is closing.
+        """
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        with self._cond:
+            if not self._accepting:
+                raise NotReadyError("the service is shutting down; retry on another instance")
+            self._tasks.append((fn, future))
+            self._cond.notify_all()
+        return future
+
     def close(self, *, drain: bool = True, timeout: float | None = None) -> bool:
         """Stop admitting; run what is queued (``drain``) or cancel it; wait for the thread to end.
 
@@ -225,16 +250,23 @@ class MicroBatcher:
             if not drain:
                 while self._pending:
                     self._pending.popleft().future.cancel()
+                while self._tasks:
+                    self._tasks.popleft()[1].cancel()
             self._cond.notify_all()
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
     # -- the inference thread -----------------------------------------------------------------
 
-    def _take_window(self) -> list[_Item] | None:
+    def _take_window(self) -> list[_Item] | tuple[Callable[[], Any], concurrent.futures.Future[Any]] | None:
+        """The next work: a window of waiting utterances, or one task (they take turns); None: stop."""
         with self._cond:
-            while not self._pending and not self._stopping:
+            while not self._pending and not self._tasks and not self._stopping:
                 self._cond.wait()
+            if self._tasks and (self._task_turn or not self._pending):
+                self._task_turn = False
+                return self._tasks.popleft()
+            self._task_turn = True
             if not self._pending:
                 return None
             if not self._stopping and self.max_wait_s > 0:
@@ -273,11 +305,23 @@ class MicroBatcher:
             return
         self.warmed_up.set_result(None)
         while True:
-            window = self._take_window()
-            if window is None:
+            work = self._take_window()
+            if work is None:
                 return
-            for batch in self._split(window):
+            if isinstance(work, tuple):
+                self._run_task(*work)
+                continue
+            for batch in self._split(work):
                 self._run_batch(batch)
+
+    @staticmethod
+    def _run_task(fn: Callable[[], Any], future: concurrent.futures.Future[Any]) -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(fn())
+        except BaseException as exc:
+            future.set_exception(exc)
 
     def _run_batch(self, batch: list[_Item]) -> None:
         # set_running_or_notify_cancel is False for a cancelled future: its client is gone.

@@ -3,10 +3,13 @@
 Commands:
     serve     run the HTTP service (what ``python -m service`` does)
     predict   predict the emotion of audio files here, without a server (one line or JSON object each)
+    timeline  the emotion timeline of long recordings: windows, segments and a summary (JSON, CSV, RTTM;
+              a PNG plot on request)
     info      describe the bundle that would be served
 
 Training has its own script, ``ser-train`` (the same as ``python -m training``). Exit codes: 0 done,
-1 some file could not be predicted (``predict``), 2 a usage error or a bundle that cannot be loaded.
+1 some file could not be analysed (``predict``, ``timeline``), 2 a usage error or a bundle that cannot be
+loaded.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from service.__main__ import add_serve_flags, settings_help
+from shared.timeline import METHODS, TimelineOptions
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +48,51 @@ def build_parser() -> argparse.ArgumentParser:
         help="the files are one speaker or recording: normalise them together (10 files or more)",
     )
     predict.add_argument("--json", action="store_true", help="one JSON object per file instead of a table")
+    timeline = sub.add_parser(
+        "timeline",
+        help="the emotion timeline of long recordings, here, without a server",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    timeline.add_argument("files", nargs="+", type=Path, help="recordings (any format the service accepts)")
+    timeline.add_argument(
+        "--bundle", type=Path, help="as for serve (default: SER_BUNDLE, ./artifacts, the demo)"
+    )
+    timeline.add_argument(
+        "--format",
+        choices=("json", "csv", "rttm"),
+        default="json",
+        help="json: the whole timeline (one object per line with several files); csv: one row per window; "
+        "rttm: the segments",
+    )
+    timeline.add_argument(
+        "--output-dir",
+        type=Path,
+        help="write <name>.timeline.<format> (and the plot) for each file here instead of printing",
+    )
+    timeline.add_argument(
+        "--plot",
+        action="store_true",
+        help="also write <name>.timeline.png: stacked probabilities over time with the segments "
+        "(to --output-dir, else the current folder)",
+    )
+    defaults = TimelineOptions()
+    timeline.add_argument("--window", type=float, default=defaults.window_seconds, help="window length (s)")
+    timeline.add_argument("--hop", type=float, default=defaults.hop_seconds, help="time between windows (s)")
+    timeline.add_argument(
+        "--method",
+        choices=METHODS,
+        default=defaults.method,
+        help="pooled: encode each speech region once; exact: encode every window on its own",
+    )
+    timeline.add_argument(
+        "--smoothing", type=int, default=defaults.smoothing, help="windows averaged (1: none)"
+    )
+    timeline.add_argument(
+        "--max-seconds",
+        type=float,
+        default=None,
+        help="refuse recordings longer than this (default: no limit)",
+    )
     info = sub.add_parser("info", help="describe the bundle that would be served")
     info.add_argument("--bundle", type=Path, help="as for serve")
     return parser
@@ -118,6 +167,70 @@ def predict_files(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+def timeline_files(args: argparse.Namespace) -> int:
+    """``ser timeline``: one timeline per file; a bad file is one error line on stderr, not the end."""
+    from tqdm import tqdm
+
+    from service.bundles import demo_notice
+    from shared.errors import SERError
+    from shared.timeline import TimelineAnalyzer
+
+    try:
+        options = TimelineOptions(
+            window_seconds=args.window, hop_seconds=args.hop, method=args.method, smoothing=args.smoothing
+        )
+    except ValueError as exc:
+        print(f"ser timeline: error: {exc}", file=sys.stderr)
+        return 2
+    predictor, folder = _predictor(args.bundle)
+    notice = demo_notice(folder)
+    if notice:
+        print(f"note: {notice}", file=sys.stderr)
+    analyzer = TimelineAnalyzer(predictor, options)
+    failed = 0
+    show_progress = sys.stderr.isatty()
+    for path in args.files:
+        bar = tqdm(
+            total=100, desc=path.name, unit="%", disable=not show_progress, leave=False, file=sys.stderr
+        )
+
+        def progress(fraction: float, _seconds: float, bar: Any = bar) -> None:
+            bar.update(round(100 * fraction) - bar.n)
+
+        try:
+            result = analyzer.analyse(path, max_seconds=args.max_seconds, progress=progress)
+        except (SERError, OSError) as exc:
+            failed += 1
+            print(f"{path}\terror: {getattr(exc, 'message', None) or exc}", file=sys.stderr)
+            continue
+        finally:
+            bar.close()
+        for warning in result.warnings:
+            print(f"{path}\twarning: {warning}", file=sys.stderr)
+        text = _render_timeline(result, path, args.format)
+        if args.output_dir is not None:
+            args.output_dir.mkdir(parents=True, exist_ok=True)
+            (args.output_dir / f"{path.stem}.timeline.{args.format}").write_text(text)
+        else:
+            sys.stdout.write(text)
+        if args.plot:
+            from service.plot import plot_timeline
+
+            plot_timeline(
+                result, (args.output_dir or Path.cwd()) / f"{path.stem}.timeline.png", title=path.name
+            )
+    return 1 if failed else 0
+
+
+def _render_timeline(result: Any, path: Path, fmt: str) -> str:
+    if fmt == "csv":
+        rows = result.windows_csv().splitlines()
+        return "".join(f"{'file' if i == 0 else path},{row}\n" for i, row in enumerate(rows))
+    if fmt == "rttm":
+        return str(result.segments_rttm(path.stem))
+    return json.dumps({"file": str(path), **result.to_dict()}) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from shared.errors import SERError
@@ -134,6 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return serve(forwarded)
         if args.command == "predict":
             return predict_files(args)
+        if args.command == "timeline":
+            return timeline_files(args)
         predictor, folder = _predictor(args.bundle)
         print(json.dumps({"bundle": str(folder), **predictor.describe().to_dict()}, indent=2))
         return 0

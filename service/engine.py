@@ -35,6 +35,8 @@ from shared.audio import AudioLimits, load_audio
 from shared.constants import SAMPLE_RATE
 from shared.predictor import ModelDescription, Prediction, Predictor
 from shared.session import SessionStats
+from shared.timeline import TimelineAnalyzer
+from shared.vad import SpeechDetector
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +145,7 @@ class InferenceEngine:
         self.description: ModelDescription | None = None
         self.load_seconds: float | None = None
         self.sessions: SessionStore | None = None
+        self.analyzer: TimelineAnalyzer | None = None
         self._decode_pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     # -- life cycle -----------------------------------------------------------------------------
@@ -178,6 +181,9 @@ class InferenceEngine:
             )
             try:
                 await asyncio.wrap_future(batcher.warmed_up)
+                # Silero VAD, for long recordings (about 2 MB, loaded in a fraction of a second)
+                options = self.settings.timeline_options()
+                detector = await asyncio.to_thread(SpeechDetector, options.vad)
             except BaseException:
                 batcher.close(drain=False, timeout=0)  # the thread ends on its own once the warm-up does
                 raise
@@ -192,6 +198,9 @@ class InferenceEngine:
         if self.state != "warming_up":  # stop() ran while we were loading
             batcher.close(drain=False, timeout=0)
             return
+        self.analyzer = TimelineAnalyzer(
+            predictor, options, detector, run_model=lambda fn: batcher.run_task(fn).result()
+        )
         self.predictor = predictor
         description = self.description = predictor.describe()
         self.batcher = batcher
@@ -240,6 +249,7 @@ class InferenceEngine:
         if self._decode_pool is not None:
             self._decode_pool.shutdown(wait=False, cancel_futures=True)
         self.predictor = None
+        self.analyzer = None
         self.batcher = None
         self.state = "stopped"
         log.info("stopped")

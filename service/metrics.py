@@ -80,6 +80,19 @@ class ServiceMetrics:
             registry=r,
         )
 
+        self.jobs = Gauge("ser_jobs", "Long-recording jobs in the job store, by state", ["state"], registry=r)
+        self.audio_processed = Counter(
+            "ser_timeline_audio_seconds",
+            "Seconds of audio analysed into timelines, by route (timeline: POST /v1/timeline; jobs)",
+            ["route"],
+            registry=r,
+        )
+
+    def track_jobs(self, counts: Callable[[], dict[str, int]], states: tuple[str, ...]) -> None:
+        """Report ``counts()[state]`` for every state at each scrape."""
+        for state in states:
+            self.jobs.labels(state).set_function(lambda state=state: float(counts().get(state, 0)))
+
     def track_queue(self, depth: Callable[[], float], capacity: int) -> None:
         self.queue_depth.set_function(depth)
         self.queue_capacity.set(capacity)

@@ -111,12 +111,14 @@ class BodySizeLimitMiddleware:
     A ``Content-Length`` over the limit is refused at once, without reading the body. Otherwise (a
     chunked body, or a lying header) the bytes are counted as the app reads them, and reading stops
     with ``PayloadTooLargeError`` once the limit is passed; the app's error handler turns that into 413,
-    and this middleware does so itself if the error reaches it before a response has started.
+    and this middleware does so itself if the error reaches it before a response has started. Paths in
+    ``exempt`` enforce limits of their own.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, exempt: tuple[str, ...] = ()) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.exempt = frozenset(exempt)
 
     def _message(self) -> str:
         return (
@@ -125,7 +127,7 @@ class BodySizeLimitMiddleware:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope.get("path") in self.exempt:
             await self.app(scope, receive, send)
             return
         for name, value in scope.get("headers", ()):

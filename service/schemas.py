@@ -158,3 +158,124 @@ class InfoResponse(BaseModel):
     notice: str | None = Field(
         default=None, description="What users should know about the model served (set for the demo model)."
     )
+
+
+# --- long recordings -----------------------------------------------------------------------------
+
+_PROBS_EXAMPLE = {"neutral": 0.08, "happy": 0.05, "sad": 0.04, "angry": 0.71, "fear": 0.07, "disgust": 0.05}
+
+
+class TimelineWindowModel(BaseModel):
+    """One classified window of speech."""
+
+    start: float = Field(description="Seconds from the recording's start.", examples=[12.0])
+    end: float = Field(description="Seconds from the recording's start.", examples=[15.0])
+    label: Emotion = Field(description="The most probable emotion (after smoothing, where it is on).")
+    confidence: float = Field(ge=0, le=1, description="The probability of label.", examples=[0.71])
+    probabilities: dict[str, float] = Field(
+        description="All six emotions with their probabilities; they sum to 1.", examples=[_PROBS_EXAMPLE]
+    )
+    uncertain: bool = Field(description="True when the client should not act on this window's label.")
+    uncertain_reasons: list[UncertainReason] = Field(default_factory=list)
+
+
+class TimelineSegmentModel(BaseModel):
+    """Consecutive speech with one label."""
+
+    start: float = Field(description="Seconds from the recording's start.", examples=[12.0])
+    end: float = Field(description="Seconds from the recording's start.", examples=[31.5])
+    label: Emotion = Field(examples=["angry"])
+    confidence: float = Field(
+        ge=0,
+        le=1,
+        description="The label's duration-weighted mean probability over the segment.",
+        examples=[0.66],
+    )
+    speech_s: float = Field(
+        description="Speech the segment covers (less than end - start where it spans a pause of at most "
+        "merge_gap_seconds between two stretches with its label).",
+        examples=[17.9],
+    )
+    windows: int = Field(description="Windows in the segment.", examples=[18])
+
+
+class TimelineSummaryModel(BaseModel):
+    """The whole recording at a glance."""
+
+    duration_s: float = Field(description="Audio decoded, in seconds.", examples=[300.0])
+    speech_s: float = Field(description="Time inside speech regions (Silero VAD).", examples=[212.4])
+    classified_s: float = Field(
+        description="Speech time the windows labelled (regions shorter than the minimum window are not).",
+        examples=[211.9],
+    )
+    emotion_seconds: dict[str, float] = Field(
+        description="Classified time per emotion, in seconds.",
+        examples=[
+            {"neutral": 80.1, "happy": 12.0, "sad": 20.3, "angry": 79.5, "fear": 10.0, "disgust": 10.0}
+        ],
+    )
+    mean_probabilities: dict[str, float] = Field(
+        description="Duration-weighted mean probability of every emotion over the classified time.",
+        examples=[_PROBS_EXAMPLE],
+    )
+    dominant: Emotion | None = Field(description="The emotion with the most time (None without speech).")
+    changes: int = Field(description="Label changes between consecutive segments.", examples=[7])
+    uncertain_s: float = Field(description="Classified time whose window was uncertain.", examples=[15.0])
+
+
+class SpeechRegionModel(BaseModel):
+    start: float
+    end: float
+
+
+class TimelineResponse(BaseModel):
+    """A recording's emotion timeline: windows, merged segments and a summary."""
+
+    summary: TimelineSummaryModel
+    segments: list[TimelineSegmentModel]
+    windows: list[TimelineWindowModel]
+    speech_regions: list[SpeechRegionModel] = Field(description="Where the VAD found speech.")
+    reason: Literal["no_speech"] | None = Field(
+        description="no_speech when the timeline is empty because the recording holds no speech; else null."
+    )
+    warnings: list[str] = Field(
+        description="What to know about the result: 'truncated: ...' (the file is cut short or damaged, "
+        "and the timeline covers the part that decoded), 'short_regions: ...' (speech too short to classify)."
+    )
+    classifier: Literal["single", "session"] = Field(
+        description="session: the recording's windows were normalised with their own statistics."
+    )
+    method: Literal["pooled", "exact"] = Field(
+        description="pooled: windows pooled from one encoder pass per speech region; exact: each window "
+        "encoded on its own."
+    )
+    options: dict[str, Any] = Field(description="The window and speech-detection settings used.")
+    model: ModelRef | None = None
+    filename: str | None = None
+    timings_ms: dict[str, float] | None = Field(default=None, description="total: the analysis, in ms.")
+    request_id: str | None = None
+
+
+JobState = Literal["queued", "running", "done", "failed", "cancelled", "interrupted"]
+
+
+class JobResponse(BaseModel):
+    """A long-recording job: its state, its progress and, once done, its timeline."""
+
+    id: str = Field(examples=["kq3XHf8Sx2E7kYd3mQ0bqA"])
+    state: JobState = Field(
+        description="queued, running, done, failed, cancelled, or interrupted (the service restarted while it "
+        "was queued or running: submit the file again)."
+    )
+    progress: float = Field(ge=0, le=1, description="Fraction of the work done.", examples=[0.42])
+    audio_seconds_done: float = Field(description="Audio analysed so far, in seconds.", examples=[1260.0])
+    filename: str | None = None
+    upload_bytes: int = Field(description="Size of the uploaded file.")
+    created_at: float = Field(description="Unix time the job was created.")
+    started_at: float | None = None
+    finished_at: float | None = None
+    expires_at: float | None = Field(default=None, description="Unix time an ended job is deleted.")
+    result: TimelineResponse | None = Field(default=None, description="The timeline, once state is done.")
+    error: ErrorBody | None = Field(
+        default=None, description="Why the job failed, was cancelled or interrupted."
+    )

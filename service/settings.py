@@ -16,6 +16,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.backbones.options import EncoderOptions
 from shared.constants import DEFAULT_MAX_SECONDS, DEFAULT_MIN_SECONDS, DEFAULT_SILENCE_DBFS
+from shared.timeline import TimelineOptions
+from shared.vad import VadSettings
 
 MIB = 1024 * 1024
 
@@ -166,6 +168,90 @@ class ServiceSettings(BaseSettings):
         description="A session unused for this many seconds is forgotten.",
     )
 
+    # --- long recordings: timelines and jobs ----------------------------------------------------
+    timeline_max_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="Longest recording POST /v1/timeline accepts, in seconds; longer gets 422 audio_too_long "
+        "(decoding stops there). Longer recordings go through POST /v1/jobs.",
+    )
+    timeline_max_bytes: int = Field(
+        default=200 * MIB,
+        ge=1,
+        description="Largest upload POST /v1/timeline accepts, in bytes; larger gets 413. Uploads are "
+        "streamed to a temporary file, never held in memory.",
+    )
+    job_max_seconds: float = Field(
+        default=4 * 3600.0,
+        gt=0,
+        description="Longest recording a job accepts, in seconds; longer fails the job with audio_too_long.",
+    )
+    job_max_bytes: int = Field(
+        default=2048 * MIB,
+        ge=1,
+        description="Largest upload POST /v1/jobs accepts, in bytes; larger gets 413.",
+    )
+    jobs_max: int = Field(
+        default=16,
+        ge=1,
+        description="Most long-recording analyses at once: jobs queued or running, plus POST /v1/timeline "
+        "requests in progress; beyond it a new one gets 503 with Retry-After.",
+    )
+    job_workers: int = Field(
+        default=1,
+        ge=1,
+        description="Jobs analysed at the same time (the model runs one piece of work at a time anyway; "
+        "more workers only overlap decoding and speech detection).",
+    )
+    job_ttl_s: float = Field(
+        default=24 * 3600.0,
+        gt=0,
+        description="A finished, failed, cancelled or interrupted job (and its result) is deleted this many "
+        "seconds after it ended.",
+    )
+    data_dir: Path = Field(
+        default_factory=lambda: (
+            Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "ser"
+        ),
+        description="Where the job database (jobs.sqlite3) and job uploads are kept; a restart finds "
+        "finished results here. Default: $XDG_DATA_HOME/ser, else ~/.local/share/ser.",
+    )
+    timeline_window_s: float = Field(
+        default=3.0,
+        ge=0.5,
+        le=30.0,
+        description="Timeline window length in seconds (the classifier was trained on 1.3-5 s utterances).",
+    )
+    timeline_hop_s: float = Field(
+        default=1.0, ge=0.1, le=30.0, description="Seconds between the starts of consecutive windows."
+    )
+    timeline_method: Literal["pooled", "exact"] = Field(
+        default="pooled",
+        description="pooled: a speech encoder runs once over each speech region and every window is pooled "
+        "from its frames; exact: each window's audio is encoded on its own (as /v1/predict would). "
+        "eGeMAPS always works as exact.",
+    )
+    timeline_smoothing: int = Field(
+        default=1, ge=1, le=15, description="Windows averaged around each window (1: no smoothing)."
+    )
+    vad_threshold: float = Field(
+        default=0.5, gt=0, lt=1, description="Silero VAD speech probability above which a frame is speech."
+    )
+    vad_min_speech_ms: int = Field(
+        default=250, ge=0, description="Speech regions shorter than this (ms) are dropped."
+    )
+    vad_min_silence_ms: int = Field(
+        default=300, ge=0, description="A pause must last this long (ms) to end a speech region."
+    )
+    vad_pad_ms: int = Field(
+        default=200, ge=0, description="Each speech region is widened by this much (ms) on both sides."
+    )
+    vad_max_region_s: float = Field(
+        default=30.0,
+        ge=1.0,
+        description="Speech regions are split to at most this long (s), at a pause where there is one.",
+    )
+
     # --- batching and concurrency ----------------------------------------------------------------
     max_batch_size: int = Field(default=8, ge=1, description="Most utterances the model runs in one batch.")
     max_batch_wait_ms: float = Field(
@@ -233,6 +319,22 @@ class ServiceSettings(BaseSettings):
                 f"min_seconds ({self.min_seconds}) must be below max_seconds ({self.max_seconds})"
             )
         return self
+
+    def timeline_options(self) -> TimelineOptions:
+        """How recordings are cut into windows and speech regions, as these settings say."""
+        return TimelineOptions(
+            window_seconds=self.timeline_window_s,
+            hop_seconds=min(self.timeline_hop_s, self.timeline_window_s),
+            method=self.timeline_method,
+            smoothing=self.timeline_smoothing,
+            vad=VadSettings(
+                threshold=self.vad_threshold,
+                min_speech_ms=self.vad_min_speech_ms,
+                min_silence_ms=self.vad_min_silence_ms,
+                pad_ms=self.vad_pad_ms,
+                max_region_seconds=self.vad_max_region_s,
+            ),
+        )
 
     def encoder_options(self) -> EncoderOptions:
         """How the encoder runs, as these settings say (``/v1/info`` echoes it as ``encoder``)."""

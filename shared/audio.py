@@ -214,6 +214,7 @@ class AudioStream:
         keep_partial: when decoding fails after some audio was decoded (a corrupt or cut packet), end the
             stream there instead of raising, and keep the error in ``error``: the audio before the damage
             is still usable. A failure before any audio is always raised.
+        name: how error messages name the file (None: a path's file name; empty: not at all).
 
     Attributes:
         where: ``"<file name>: "`` for paths (how error messages name the file), else empty.
@@ -233,11 +234,12 @@ class AudioStream:
         max_seconds: float | None = None,
         block_seconds: float = 10.0,
         keep_partial: bool = False,
+        name: str | None = None,
     ) -> None:
         _check_rate_and_limit(sample_rate, max_seconds)
         if not block_seconds > 0:
             raise ValueError(f"block_seconds must be positive, got {block_seconds}")
-        self._decoding = _Decoding.open(source)
+        self._decoding = _Decoding.open(source, name)
         self.where = self._decoding.where
         self.sample_rate = sample_rate
         self.max_seconds = max_seconds
@@ -343,8 +345,8 @@ class _Decoding:
                 pass  # PyAV decodes what libsndfile cannot open
 
     @classmethod
-    def open(cls, source: Source) -> _Decoding:
-        """Sniff ``source`` (bytes or a path).
+    def open(cls, source: Source, name: str | None = None) -> _Decoding:
+        """Sniff ``source`` (bytes or a path); error messages name it ``name`` (default: a path's name).
 
         Raises:
             AudioDecodeError: empty input. UnsupportedAudioFormatError: certainly not audio. OSError.
@@ -365,6 +367,8 @@ class _Decoding:
             def open_input() -> BinaryIO | str:
                 return str(path)
 
+        if name is not None:
+            where = f"{name}: " if name else ""
         if not head:
             raise AudioDecodeError(
                 f"{where}empty input (0 bytes); expected an audio file: {SUPPORTED_FORMATS}"

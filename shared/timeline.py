@@ -304,6 +304,7 @@ class TimelineAnalyzer:
         max_seconds: float | None = None,
         progress: Callable[[float, float], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        name: str | None = None,
     ) -> Timeline:
         """The timeline of one recording.
 
@@ -312,13 +313,18 @@ class TimelineAnalyzer:
             max_seconds: refuse recordings longer than this (``AudioTooLongError``; decoding stops there).
             progress: called with (fraction done in [0, 1], audio seconds done) as the work advances.
             should_stop: polled between regions; when it returns True, ``TimelineCancelled`` is raised.
+            name: how error messages name the file (None: a path's file name; empty: not at all).
 
         Raises:
             AudioError: the file cannot be decoded at all, or is too long.
             TimelineCancelled: ``should_stop`` said so.
         """
         stream = AudioStream(
-            source, max_seconds=max_seconds, block_seconds=self.options.block_seconds, keep_partial=True
+            source,
+            max_seconds=max_seconds,
+            block_seconds=self.options.block_seconds,
+            keep_partial=True,
+            name=name,
         )
         declared = stream.declared_seconds
         # The speech pass counts for a tenth of the work; embedding the regions for the rest.

@@ -21,6 +21,12 @@ def _isolated_model_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ.setdefault("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
 
 
+@pytest.fixture(autouse=True)
+def _isolated_job_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's service keeps its job database and uploads in its own folder, not ~/.local/share."""
+    monkeypatch.setenv("SER_DATA_DIR", str(tmp_path / "ser-data"))
+
+
 @pytest.fixture(scope="session")
 def tiny_hubert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny layer-norm HuBERT saved with save_pretrained (loads like a real checkpoint folder)."""
