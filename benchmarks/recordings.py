@@ -16,7 +16,7 @@ import numpy as np
 
 from shared.audio import decode_audio
 from shared.constants import SAMPLE_RATE
-from shared.loudness import FRAME, HOP, frame_energies
+from shared.loudness import FRAME, HOP, frame_energies, trim_silence
 
 #: RAVDESS emotion codes of the six target emotions.
 RAVDESS_EMOTIONS = {"01": "neutral", "03": "happy", "04": "sad", "05": "angry", "06": "fear", "07": "disgust"}
@@ -25,13 +25,16 @@ _RAVDESS_NAME = re.compile(r"03-01-(\d\d)-\d\d-\d\d-\d\d-(\d\d)\.(flac|wav)$")
 
 @dataclass(frozen=True)
 class TruthSpan:
-    """One clip in a recording: ``[start, end)`` seconds, its emotion, actor and file."""
+    """One clip in a recording: its sentence's ``[start, end)`` seconds, its emotion, actor and file, and
+    where its audio lies (``clip_start``, ``clip_end``: the sentence with the breath and room tone around it)."""
 
     start: float
     end: float
     emotion: str
     speaker: str
     path: str
+    clip_start: float = 0.0
+    clip_end: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -75,16 +78,16 @@ def pick_clips(clips: Sequence[ClipRef], n: int, seed: int = 0) -> list[ClipRef]
     return picked
 
 
-def speech_extent(wave: np.ndarray, range_db: float = 30.0, pad_seconds: float = 0.05) -> np.ndarray:
-    """``wave`` from its first to its last 25 ms frame within ``range_db`` of its loudest frame, with
-    ``pad_seconds`` kept on each side: the sentence without the room tone and clicks around it."""
+def speech_bounds(wave: np.ndarray, range_db: float = 30.0, pad_seconds: float = 0.05) -> tuple[int, int]:
+    """Samples ``[start, end)`` from the first to the last 25 ms frame of ``wave`` within ``range_db`` of its
+    loudest frame, with ``pad_seconds`` on each side: the sentence without the breaths and clicks around it."""
     energies = frame_energies(wave)
     level = 10 * np.log10(np.maximum(energies, 1e-12))
     loud = np.flatnonzero(level >= level.max() - range_db)
     pad = int(pad_seconds * SAMPLE_RATE)
     start = max(0, int(loud[0]) * HOP - pad)
     end = min(wave.shape[0], int(loud[-1]) * HOP + FRAME + pad)
-    return np.array(wave[start:end])
+    return start, end
 
 
 def build_recording(
@@ -92,14 +95,18 @@ def build_recording(
     *,
     pause_range: tuple[float, float] = (0.5, 2.0),
     lead_seconds: float = 1.0,
-    noise_dbfs: float = -60.0,
+    noise_dbfs: float = -80.0,
     seed: int = 0,
+    on_grid: bool = True,
 ) -> tuple[np.ndarray, list[TruthSpan]]:
     """Lay ``clips`` end to end with random pauses; returns (float32 16 kHz waveform, the truth).
 
-    Each clip is first cut to its speech (``speech_extent``; RAVDESS files hold about a second of room
-    tone, breaths and clicks around the sentence), so a clip's span is its speech and the pauses are the
-    silence between clips.
+    Each clip is first cut to its active part with ``shared.loudness.trim_silence`` (what a bundle with
+    ``trim_silence`` sees of the file; RAVDESS files hold about a second of room tone around the sentence),
+    and its truth span is the sentence within that (``speech_bounds``), so the pauses between spans are the
+    silence between sentences. With ``on_grid`` every clip starts on the recording's 10 ms grid (as it
+    lies on its own file's); without, each clip starts at a random sample. The pauses are noise at
+    ``noise_dbfs`` (RAVDESS's own room tone lies about there).
     """
     rng = np.random.default_rng(seed)
     pieces: list[np.ndarray] = []
@@ -108,20 +115,27 @@ def build_recording(
 
     def pause(seconds: float) -> None:
         nonlocal position
-        n = int(seconds * SAMPLE_RATE)
+        # every clip starts on the recording's 10 ms grid, as its frames lie in its own file
+        step = SAMPLE_RATE // 100
+        n = int(round(seconds * 100)) * step + (-(position + int(round(seconds * 100)) * step)) % step
+        if not on_grid:
+            n += int(rng.integers(1, step))
         pieces.append((10 ** (noise_dbfs / 20) * rng.standard_normal(n)).astype(np.float32))
         position += n
 
     pause(lead_seconds)
     for i, clip in enumerate(clips):
-        wave = speech_extent(decode_audio(clip.path))
+        wave = np.array(trim_silence(decode_audio(clip.path)))
+        start, end = speech_bounds(wave)
         truth.append(
             TruthSpan(
-                position / SAMPLE_RATE,
-                (position + wave.shape[0]) / SAMPLE_RATE,
+                (position + start) / SAMPLE_RATE,
+                (position + end) / SAMPLE_RATE,
                 clip.emotion,
                 clip.speaker,
                 str(clip.path),
+                position / SAMPLE_RATE,
+                (position + wave.shape[0]) / SAMPLE_RATE,
             )
         )
         pieces.append(wave)

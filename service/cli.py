@@ -88,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--smoothing", type=int, default=defaults.smoothing, help="windows averaged (1: none)"
     )
     timeline.add_argument(
+        "--no-session",
+        action="store_true",
+        help="classify every window alone, instead of normalising a recording's windows together",
+    )
+    timeline.add_argument(
         "--max-seconds",
         type=float,
         default=None,
@@ -177,7 +182,11 @@ def timeline_files(args: argparse.Namespace) -> int:
 
     try:
         options = TimelineOptions(
-            window_seconds=args.window, hop_seconds=args.hop, method=args.method, smoothing=args.smoothing
+            window_seconds=args.window,
+            hop_seconds=args.hop,
+            method=args.method,
+            smoothing=args.smoothing,
+            session=not args.no_session,
         )
     except ValueError as exc:
         print(f"ser timeline: error: {exc}", file=sys.stderr)

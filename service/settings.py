@@ -234,6 +234,11 @@ class ServiceSettings(BaseSettings):
     timeline_smoothing: int = Field(
         default=1, ge=1, le=15, description="Windows averaged around each window (1: no smoothing)."
     )
+    timeline_session: bool = Field(
+        default=True,
+        description="When the bundle has a session classifier, normalise each recording's windows with their "
+        "own statistics (the recording is one session); false classifies every window alone.",
+    )
     vad_threshold: float = Field(
         default=0.5, gt=0, lt=1, description="Silero VAD speech probability above which a frame is speech."
     )
@@ -327,6 +332,7 @@ class ServiceSettings(BaseSettings):
             hop_seconds=min(self.timeline_hop_s, self.timeline_window_s),
             method=self.timeline_method,
             smoothing=self.timeline_smoothing,
+            session=self.timeline_session,
             vad=VadSettings(
                 threshold=self.vad_threshold,
                 min_speech_ms=self.vad_min_speech_ms,

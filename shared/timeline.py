@@ -5,15 +5,18 @@ How a recording is analysed (``TimelineAnalyzer.analyse``):
 1. **Speech regions.** The file is decoded block by block (``shared.audio.AudioStream``) and scored by
    Silero VAD (``shared.vad``); silence and non-speech are never classified.
 2. **Windows.** Inside each region, windows of ``window_seconds`` start every ``hop_seconds``; the last
-   one is aligned to the region's end, and a region shorter than a window is one window of its own
-   length. Regions shorter than ``min_window_seconds`` count as speech but are not classified.
+   one is aligned to the region's end. A region shorter than a window gets one window of full length
+   centred on it, taking in the non-speech around it (at most half-way to the next region), as a clip
+   sent to ``/v1/predict`` holds the silence around its utterance. Regions shorter than
+   ``min_window_seconds`` count as speech but are not classified.
 3. **Embeddings, computed once.** The file is decoded a second time, one region at a time, so memory
    holds one region and never the whole file. With the ``pooled`` method a speech encoder runs once
    over each region (in pieces of bounded length that overlap, ``FrameEncoder.encode_frames``) and
    every window is pooled out of the region's frame-level hidden states. The ``exact`` method (and every
    backbone without frames, such as eGeMAPS) embeds each window's own audio, as ``/v1/predict`` does.
 4. **Classification.** All windows go through ``Predictor.classify`` in one call; when the bundle has a
-   session classifier, the recording is the session (its windows' statistics normalise them).
+   session classifier, the recording is the session (its windows' statistics normalise them), unless
+   ``session`` is off.
 5. **Time.** Each window owns the stretch of its region nearest its centre (boundaries at the midpoints
    between window centres). With ``smoothing`` k > 1, a window's probabilities are the mean over the k
    windows around it in its region. Consecutive stretches with one label form a segment; segments with
@@ -75,6 +78,12 @@ class TimelineOptions:
             encoder's window (s).
         smoothing: windows averaged around each window (1: none).
         merge_gap_seconds: same-label segments separated by a pause this short are merged (s).
+        context_seconds: the window of a region shorter than ``window_seconds`` takes in this much of the
+            non-speech on each side (at most half-way to the next region), as a clip holds the silence
+            around its utterance (s).
+        session: when the bundle has a session classifier, normalise the recording's windows with their
+            own statistics (the recording is one session); False classifies every window alone, as
+            ``/v1/predict`` classifies a clip.
         vad: the speech segmentation parameters.
         block_seconds: decoding block length (s): memory holds about one block plus one region.
     """
@@ -86,6 +95,8 @@ class TimelineOptions:
     overlap_seconds: float = 2.0
     smoothing: int = 1
     merge_gap_seconds: float = 1.0
+    context_seconds: float = 1.0
+    session: bool = True
     vad: VadSettings = field(default_factory=VadSettings)
     block_seconds: float = 10.0
 
@@ -239,13 +250,24 @@ def _rounded(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def window_spans(region: SpeechRegion, options: TimelineOptions) -> list[tuple[float, float]]:
-    """The windows of one region, ``[(start, end)]`` in seconds (empty below ``min_window_seconds``)."""
+def window_spans(
+    region: SpeechRegion, options: TimelineOptions, lower: float | None = None, upper: float | None = None
+) -> list[tuple[float, float]]:
+    """The windows of one region, ``[(start, end)]`` in seconds (empty below ``min_window_seconds``).
+
+    A region shorter than a window gets one window that also takes in up to ``context_seconds`` of the
+    non-speech on each side, never past ``lower`` or ``upper`` (half-way to the neighbouring regions, or
+    the recording's ends): the classifier was trained on utterances with the silence around them, as
+    ``/v1/predict`` receives them, not on speech cut to the syllable. Bounds lie on a 10 ms grid.
+    """
     length = region.duration
     if length < options.min_window_seconds:
         return []
     if length <= options.window_seconds:
-        return [(region.start, region.end)]
+        reach = options.context_seconds
+        start = region.start if lower is None else max(min(lower, region.start), region.start - reach)
+        end = region.end if upper is None else min(max(upper, region.end), region.end + reach)
+        return [(_on_grid(start), _on_grid(end))]
     spans = []
     offset = 0.0
     while offset + options.window_seconds <= length + 1e-9:
@@ -253,7 +275,26 @@ def window_spans(region: SpeechRegion, options: TimelineOptions) -> list[tuple[f
         offset += options.hop_seconds
     if spans[-1][1] < region.end - 1e-9:
         spans.append((region.end - options.window_seconds, region.end))
-    return spans
+    return [(_on_grid(start), _on_grid(end)) for start, end in spans]
+
+
+#: Window bounds are rounded to this grid (s): the hop of frame-level acoustic features, so that a
+#: window's analysis frames fall on the recording's 10 ms grid whatever the VAD's 32 ms steps.
+WINDOW_GRID_S = 0.01
+
+
+def _on_grid(t: float) -> float:
+    return round(round(t / WINDOW_GRID_S) * WINDOW_GRID_S, 6)
+
+
+def neighbour_bounds(regions: Sequence[SpeechRegion], duration: float) -> list[tuple[float, float]]:
+    """For each region, how far its window may reach: half-way to the regions around it (or the ends)."""
+    bounds = []
+    for i, region in enumerate(regions):
+        lower = 0.0 if i == 0 else (regions[i - 1].end + region.start) / 2
+        upper = duration if i == len(regions) - 1 else (region.end + regions[i + 1].start) / 2
+        bounds.append((lower, upper))
+    return bounds
 
 
 ModelRunner = Callable[[Callable[[], T]], T]
@@ -348,7 +389,10 @@ class TimelineAnalyzer:
                 f"truncated: the file is cut short or damaged; the timeline covers the {duration:.2f} s "
                 f"that decoded{declared_text}{detail}"
             )
-        spans = [window_spans(region, self.options) for region in regions]
+        spans = [
+            window_spans(region, self.options, lower, upper)
+            for region, (lower, upper) in zip(regions, neighbour_bounds(regions, duration), strict=True)
+        ]
         skipped = sum(region.duration for region, s in zip(regions, spans, strict=True) if not s)
         if skipped > 0:
             warnings.append(
@@ -360,7 +404,7 @@ class TimelineAnalyzer:
         )
         if embeddings is None:
             return self._empty(regions, duration, warnings)
-        stats = SessionStats.of(embeddings)
+        stats = SessionStats.of(embeddings) if self.options.session else None
         predictions = self.run_model(lambda: self.predictor.classify(embeddings, session=stats))
         if progress is not None:
             progress(1.0, duration)
@@ -390,8 +434,10 @@ class TimelineAnalyzer:
         for region, region_spans in todo:
             if should_stop is not None and should_stop():
                 raise TimelineCancelled("the analysis was cancelled")
-            first = int(round(region.start * SAMPLE_RATE))
-            last = min(n_samples, int(round(region.end * SAMPLE_RATE)))
+            # the audio the windows need: the region, or more where a short region's window reaches out
+            begin = min(region.start, region_spans[0][0])
+            first = int(round(begin * SAMPLE_RATE))
+            last = min(n_samples, int(round(max(region.end, region_spans[-1][1]) * SAMPLE_RATE)))
             while buffer_start + buffer.shape[0] < last:
                 block = next(blocks, None)
                 if block is None:
@@ -404,7 +450,7 @@ class TimelineAnalyzer:
             wave = np.array(buffer[max(0, first - buffer_start) : last - buffer_start])
             if wave.shape[0] == 0:
                 break
-            relative = [(start - region.start, end - region.start) for start, end in region_spans]
+            relative = [(start - begin, end - begin) for start, end in region_spans]
             out.append(
                 self.run_model(lambda wave=wave, relative=relative: self._embed_region(wave, relative))
             )

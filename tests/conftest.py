@@ -7,6 +7,7 @@ import pytest
 from support import build_synthetic_bundle, make_tiny_hubert, real_data_dir
 
 from shared.backbones import BackboneSpec
+from shared.backbones import build_backbone as build_backbone_for
 
 logging.getLogger("transformers").setLevel(logging.ERROR)
 
@@ -53,3 +54,31 @@ def real_data() -> Path:
     if path is None:
         pytest.skip("real speech data not available: set SER_TEST_DATA to the shared data folder")
     return path
+
+
+@pytest.fixture(scope="session")
+def timeline_bundle(real_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An eGeMAPS bundle fitted on RAVDESS actors 1-4 with the demo's input normalisation (level -26 dBFS,
+    silence trimmed), with its session classifier."""
+    from benchmarks.timeline import EGEMAPS_SPEC, fit_on_actors
+
+    backbone = build_backbone_for(BackboneSpec(**EGEMAPS_SPEC))
+    return fit_on_actors(
+        real_data / "ravdess16k",
+        backbone,
+        range(1, 5),
+        tmp_path_factory.mktemp("timeline-artifacts"),
+        "timeline",
+    )
+
+
+@pytest.fixture(scope="session")
+def ravdess_recording(real_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list, list]:
+    """About 90 s of RAVDESS speech: 26 clips of actors 21-24 (none of them in ``timeline_bundle``), one
+    after another with pauses of 0.5-2 s; returns (FLAC file, the truth spans, the clips)."""
+    from benchmarks.recordings import build_recording, pick_clips, ravdess_clips
+    from benchmarks.timeline import write_flac
+
+    clips = pick_clips(ravdess_clips(real_data / "ravdess16k", range(21, 25)), 26, seed=5)
+    wave, truth = build_recording(clips, seed=5)
+    return write_flac(wave, tmp_path_factory.mktemp("recording") / "recording.flac"), truth, clips

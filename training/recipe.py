@@ -493,7 +493,9 @@ def evaluate_bundle(
 
 def build_demo(data_dir: Path, *, cache_dir: Path | None = None, progress: bool = True) -> TrainingResult:
     """Rebuild the demo bundle of ``shared.demo`` from RAVDESS at ``data_dir``: eGeMAPS, the recipe's
-    defaults, every clip; the new version replaces the old one, with the licence notice beside it.
+    defaults with leading and trailing silence trimmed (so a clip's prediction does not depend on how
+    much silence surrounds it, and a timeline's window over an utterance answers as the utterance's own
+    file does), every clip; the new version replaces the old one, with the licence notice beside it.
 
     Raises:
         SERError: the corpus is refused or the bundle cannot be written.
@@ -508,6 +510,7 @@ def build_demo(data_dir: Path, *, cache_dir: Path | None = None, progress: bool 
             corpus="ravdess",
             data_dir=data_dir,
             backbone="egemaps",
+            trim_silence=True,
             name=DEMO_NAME,
             out=Path(work),
             embedding_cache=cache_dir or Path(work) / ".cache",

@@ -91,15 +91,23 @@ class ModelGate:
 
     def factory(self, settings: ServiceSettings, bundle_dir: Path) -> Predictor:
         predictor = load_predictor(settings, bundle_dir)
-        real = predictor.predict_batch
+        real, real_embed = predictor.predict_batch, predictor.embed_batch
 
-        def predict_batch(waves: Sequence[np.ndarray]) -> list[Prediction]:
+        def wait_at_gate() -> None:
             if self._closed.is_set():
                 self.entered.set()
                 self._opened.wait(30)
+
+        def predict_batch(waves: Sequence[np.ndarray]) -> list[Prediction]:
+            wait_at_gate()
             return real(waves)
 
+        def embed_batch(waves: Sequence[np.ndarray]) -> np.ndarray:  # a timeline's windows come this way
+            wait_at_gate()
+            return real_embed(waves)
+
         predictor.predict_batch = predict_batch  # type: ignore[method-assign]
+        predictor.embed_batch = embed_batch  # type: ignore[method-assign]
         return predictor
 
 
