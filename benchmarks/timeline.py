@@ -50,6 +50,7 @@ from benchmarks.recordings import (
     ravdess_clips,
 )
 from shared.audio import decode_audio
+from shared.backbones import BackboneSpec
 from shared.bundle import load_bundle
 from shared.constants import SAMPLE_RATE
 from shared.predictor import Predictor
@@ -125,15 +126,15 @@ def score(
 
 
 #: The demo bundle's input normalisation: level to -26 dBFS, leading and trailing silence trimmed.
-EGEMAPS_SPEC = {"kind": "egemaps", "level_dbfs": -26.0, "trim_silence": True}
+EGEMAPS_SPEC = BackboneSpec(kind="egemaps", level_dbfs=-26.0, trim_silence=True)
 
 
 def accuracy(args: argparse.Namespace) -> dict[str, Any]:
-    from shared.backbones import BackboneSpec, build_backbone
+    from shared.backbones import build_backbone
 
     data_dir = Path(args.data_dir)
     work = Path(tempfile.mkdtemp(prefix="ser-timeline-bench-"))
-    backbone = build_backbone(BackboneSpec(**EGEMAPS_SPEC))
+    backbone = build_backbone(EGEMAPS_SPEC)
     bundle = fit_on_actors(data_dir, backbone, TRAIN_ACTORS, work / "artifacts", "timeline-egemaps")
     predictor = Predictor(load_bundle(bundle), backbone)
     # development: gaps short enough that regions hold several utterances, so the window length matters
@@ -161,23 +162,23 @@ def accuracy(args: argparse.Namespace) -> dict[str, Any]:
     held_out = []
     for seed in range(args.recordings):
         clips = pick_clips(ravdess_clips(data_dir, TEST_ACTORS), args.clips, seed=100 + seed)
-        row: dict[str, Any] = {"seed": 100 + seed}
+        scores: dict[str, Any] = {"seed": 100 + seed}
         for name, (options, on_grid) in variants.items():
             wave, truth = build_recording(clips, seed=100 + seed, on_grid=on_grid)
             path = write_flac(wave, work / f"test-{seed}-{name}.flac")
-            row[name] = score(TimelineAnalyzer(predictor, options).analyse(path), truth, predictor, clips)
-        held_out.append(row)
-        d, single = row["default"], row["single"]
+            scores[name] = score(TimelineAnalyzer(predictor, options).analyse(path), truth, predictor, clips)
+        held_out.append(scores)
+        d, single = scores["default"], scores["single"]
         print(
             f"test recording {seed}: {d['clips']} clips, {d['recording_s']:.0f} s; covered {d['clips_covered_80pct']:.2f}, "
             f"early starts {d['segments_starting_over_0.3s_into_a_pause']}, majority = own prediction "
             f"{single['majority_window_equals_clip_prediction']:.2f} (single) / "
-            f"{row['single_off_grid']['majority_window_equals_clip_prediction']:.2f} (off the 10 ms grid), "
+            f"{scores['single_off_grid']['majority_window_equals_clip_prediction']:.2f} (off the 10 ms grid), "
             f"per-clip accuracy {d['per_clip_accuracy']:.2f}, EDER {d['eder']:.3f} (session) / {single['eder']:.3f} (single)"
         )
     return {
         "benchmark": "timeline-accuracy",
-        "backbone": EGEMAPS_SPEC,
+        "backbone": EGEMAPS_SPEC.to_dict(),
         "train_actors": list(TRAIN_ACTORS),
         "dev_actors": list(DEV_ACTORS),
         "test_actors": list(TEST_ACTORS),
@@ -198,7 +199,7 @@ def _means(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
 def agreement(args: argparse.Namespace) -> dict[str, Any]:
     """pooled against exact on a held-out recording, with a HuBERT bundle fitted on actors 1-4."""
     from benchmarks.variants import make_model
-    from shared.backbones import BackboneSpec, EncoderOptions, build_backbone
+    from shared.backbones import EncoderOptions, build_backbone
     from shared.bundle import load_bundle
 
     data_dir = Path(args.data_dir)
@@ -274,7 +275,7 @@ def cost(args: argparse.Namespace) -> dict[str, Any]:
 
     from benchmarks.http import free_port, write_bundle
     from benchmarks.variants import make_model
-    from shared.backbones import BackboneSpec, EncoderOptions, build_backbone
+    from shared.backbones import EncoderOptions, build_backbone
 
     data_dir = Path(args.data_dir)
     work = Path(tempfile.mkdtemp(prefix="ser-timeline-cost-"))
@@ -295,7 +296,7 @@ def cost(args: argparse.Namespace) -> dict[str, Any]:
             "SER_BUNDLE": str(bundle),
             "SER_DTYPE": "bf16",
             "SER_PORT": str(port),
-            "SER_DATA_DIR": str(work / f"data-{minutes:g}"),
+            "SER_JOBS_DIR": str(work / f"jobs-{minutes:g}"),
             "SER_CACHE_DIR": str(work / "cache"),
             "SER_LOG_LEVEL": "WARNING",
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),

@@ -79,7 +79,7 @@ def create_app(
     metrics = ServiceMetrics()
     engine = InferenceEngine(settings, metrics, bundle_dir, predictor_factory)
     jobs = JobManager(
-        settings.data_dir,
+        settings.jobs_dir,
         lambda: engine.analyzer if engine.state == "ready" else None,
         max_active=settings.jobs_max,
         workers=settings.job_workers,

@@ -1,6 +1,6 @@
 """Durable jobs for long recordings: a small SQLite table, bounded workers, results that survive restarts.
 
-A job is created with its upload already on disk (``<data_dir>/uploads/<id>``) and answered at once
+A job is created with its upload already on disk (``<jobs_dir>/uploads/<id>``) and answered at once
 (202). Workers take queued jobs in order and run ``TimelineAnalyzer.analyse`` on a worker thread; the
 model work itself runs on the inference thread, between batches of single predictions. States:
 
@@ -77,7 +77,7 @@ class JobRecord:
 
 
 class JobStore:
-    """The jobs table in ``<data_dir>/jobs.sqlite3``; thread-safe.
+    """The jobs table in ``<jobs_dir>/jobs.sqlite3``; thread-safe.
 
     Args:
         path: the database file (its folder is created).
@@ -242,7 +242,7 @@ class JobManager:
     """Admits, runs, cancels and expires long-recording analyses.
 
     Args:
-        data_dir: where ``jobs.sqlite3`` and ``uploads/`` live.
+        jobs_dir: where ``jobs.sqlite3`` and ``uploads/`` live.
         analyzer: called to get the engine's ``TimelineAnalyzer`` when a job runs (None: not ready).
         max_active: most analyses queued or running at once (jobs plus synchronous timelines).
         workers: jobs run at the same time.
@@ -253,7 +253,7 @@ class JobManager:
 
     def __init__(
         self,
-        data_dir: Path,
+        jobs_dir: Path,
         analyzer: Callable[[], TimelineAnalyzer | None],
         *,
         max_active: int,
@@ -262,8 +262,8 @@ class JobManager:
         ttl_s: float,
         on_audio: Callable[[float], None] | None = None,
     ) -> None:
-        self.data_dir = data_dir
-        self.uploads = data_dir / "uploads"
+        self.jobs_dir = jobs_dir
+        self.uploads = jobs_dir / "uploads"
         self._analyzer = analyzer
         self.max_active = max_active
         self.workers = workers
@@ -281,7 +281,7 @@ class JobManager:
     async def start(self) -> None:
         """Open the database, mark what a previous run left active as interrupted, start the workers."""
         self.uploads.mkdir(parents=True, exist_ok=True)
-        self.store = JobStore(self.data_dir / "jobs.sqlite3")
+        self.store = JobStore(self.jobs_dir / "jobs.sqlite3")
         interrupted = self.store.interrupt_active()
         if interrupted:
             log.warning(

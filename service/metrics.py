@@ -90,8 +90,12 @@ class ServiceMetrics:
 
     def track_jobs(self, counts: Callable[[], dict[str, int]], states: tuple[str, ...]) -> None:
         """Report ``counts()[state]`` for every state at each scrape."""
+
+        def count_of(state: str) -> Callable[[], float]:
+            return lambda: float(counts().get(state, 0))
+
         for state in states:
-            self.jobs.labels(state).set_function(lambda state=state: float(counts().get(state, 0)))
+            self.jobs.labels(state).set_function(count_of(state))
 
     def track_queue(self, depth: Callable[[], float], capacity: int) -> None:
         self.queue_depth.set_function(depth)

@@ -209,12 +209,12 @@ class ServiceSettings(BaseSettings):
         description="A finished, failed, cancelled or interrupted job (and its result) is deleted this many "
         "seconds after it ended.",
     )
-    data_dir: Path = Field(
+    jobs_dir: Path = Field(
         default_factory=lambda: (
-            Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "ser"
+            Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "ser" / "jobs"
         ),
         description="Where the job database (jobs.sqlite3) and job uploads are kept; a restart finds "
-        "finished results here. Default: $XDG_DATA_HOME/ser, else ~/.local/share/ser.",
+        "finished results here. Default: $XDG_DATA_HOME/ser/jobs, else ~/.local/share/ser/jobs.",
     )
     timeline_window_s: float = Field(
         default=3.0,

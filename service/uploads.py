@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
+from typing import Any, cast
 
 from fastapi import Request
 from python_multipart.exceptions import MultipartParseError
@@ -97,7 +98,7 @@ async def stream_upload(request: Request, dest: Path, *, max_bytes: int, setting
                 if not boundary:
                     raise InvalidRequestError("the multipart body has no boundary in its Content-Type")
                 part = _FilePart(handle)
-                parser = MultipartParser(boundary, callbacks=vars_of(part))
+                parser = MultipartParser(boundary, callbacks=cast(Any, vars_of(part)))
                 async for chunk in request.stream():
                     received += len(chunk)
                     if received > max_bytes:

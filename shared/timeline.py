@@ -31,6 +31,7 @@ cut short or damaged gives the timeline of the part that decoded, with a ``trunc
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import logging
 import os
@@ -451,9 +452,7 @@ class TimelineAnalyzer:
             if wave.shape[0] == 0:
                 break
             relative = [(start - begin, end - begin) for start, end in region_spans]
-            out.append(
-                self.run_model(lambda wave=wave, relative=relative: self._embed_region(wave, relative))
-            )
+            out.append(self.run_model(functools.partial(self._embed_region, wave, relative)))
             cut = max(0, min(buffer.shape[0], last - buffer_start))
             buffer, buffer_start = buffer[cut:], buffer_start + cut
             if progress is not None:

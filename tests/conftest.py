@@ -25,7 +25,7 @@ def _isolated_model_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
 @pytest.fixture(autouse=True)
 def _isolated_job_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test's service keeps its job database and uploads in its own folder, not ~/.local/share."""
-    monkeypatch.setenv("SER_DATA_DIR", str(tmp_path / "ser-data"))
+    monkeypatch.setenv("SER_JOBS_DIR", str(tmp_path / "ser-jobs"))
 
 
 @pytest.fixture(scope="session")
@@ -62,7 +62,7 @@ def timeline_bundle(real_data: Path, tmp_path_factory: pytest.TempPathFactory) -
     silence trimmed), with its session classifier."""
     from benchmarks.timeline import EGEMAPS_SPEC, fit_on_actors
 
-    backbone = build_backbone_for(BackboneSpec(**EGEMAPS_SPEC))
+    backbone = build_backbone_for(EGEMAPS_SPEC)
     return fit_on_actors(
         real_data / "ravdess16k",
         backbone,

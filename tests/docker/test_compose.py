@@ -104,6 +104,9 @@ def test_api_service_serves_read_only_artifacts_with_a_generous_healthcheck() ->
     mounts = {m.target: m for m in parse_mounts(api)}
     assert mounts["/artifacts"].source == "artifacts" and mounts["/artifacts"].read_only
     assert mounts["/cache/huggingface"].source == "hf-cache" and not mounts["/cache/huggingface"].read_only
+    # jobs survive a restart: their database lives in a volume the service writes
+    assert api["environment"]["SER_JOBS_DIR"] == "/jobs"
+    assert mounts["/jobs"].source == "jobs" and not mounts["/jobs"].read_only
     assert api["restart"] == "on-failure:5"
     health = api["healthcheck"]
     assert duration_seconds(health["start_period"]) >= 120, "the model load needs minutes on a cold cache"

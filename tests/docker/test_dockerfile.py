@@ -49,12 +49,13 @@ def test_runtime_stage_is_non_root_with_volumes_healthcheck_and_start_script() -
     for setting in (
         "HF_HOME=/cache/huggingface",
         "SER_ARTIFACTS=/artifacts",
+        "SER_JOBS_DIR=/jobs",
         "SER_HOST=0.0.0.0",
         "SER_PORT=8000",
     ):
         assert setting in env
     assert "PATH=/opt/venv/bin:$PATH" in env
-    assert set(json.loads(by_keyword["VOLUME"][0])) == {"/cache/huggingface", "/artifacts"}
+    assert set(json.loads(by_keyword["VOLUME"][0])) == {"/cache/huggingface", "/artifacts", "/jobs"}
     assert by_keyword["EXPOSE"] == ["8000"]
     assert exec_form(by_keyword["CMD"][0]) == ["/app/docker/start.sh"]
     assert "--start-period=" in by_keyword["HEALTHCHECK"][0]

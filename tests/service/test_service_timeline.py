@@ -178,7 +178,7 @@ def test_jobs_survive_a_restart(timeline_bundle, ravdess_recording, tmp_path):
     interrupted, and a new job runs."""
     path, _, _ = ravdess_recording
     data = path.read_bytes()
-    settings = settings_for(timeline_bundle, data_dir=tmp_path / "jobs")
+    settings = settings_for(timeline_bundle, jobs_dir=tmp_path / "jobs")
     gate = ModelGate()
     with TestClient(create_app(settings, predictor_factory=gate.factory)) as client:
         ready_client(client)
