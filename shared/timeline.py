@@ -12,7 +12,8 @@ How a recording is analysed (``TimelineAnalyzer.analyse``):
 3. **Embeddings, computed once.** The file is decoded a second time, one region at a time, so memory
    holds one region and never the whole file. With the ``pooled`` method a speech encoder runs once
    over each region (in pieces of bounded length that overlap, ``FrameEncoder.encode_frames``) and
-   every window is pooled out of the region's frame-level hidden states. The ``exact`` method (and every
+   every window is pooled out of the region's frame-level hidden states; consecutive short regions share
+   one padded forward pass (``GROUP_REGIONS``, ``GROUP_SECONDS``). The ``exact`` method (and every
    backbone without frames, such as eGeMAPS) embeds each window's own audio, as ``/v1/predict`` does.
 4. **Classification.** All windows go through ``Predictor.classify`` in one call; when the bundle has a
    session classifier, the recording is the session (its windows' statistics normalise them), unless
@@ -43,7 +44,7 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 
 from shared.audio import AudioStream
-from shared.backbones.base import FrameEncoder
+from shared.backbones.base import FrameEncoder, HiddenStates
 from shared.constants import EMOTIONS, SAMPLE_RATE
 from shared.errors import SERError
 from shared.predictor import Prediction, Predictor
@@ -298,6 +299,10 @@ def neighbour_bounds(regions: Sequence[SpeechRegion], duration: float) -> list[t
     return bounds
 
 
+#: Consecutive regions embedded in one model call: at most this many, holding at most this much audio (s).
+GROUP_REGIONS = 8
+GROUP_SECONDS = 30.0
+
 ModelRunner = Callable[[Callable[[], T]], T]
 
 
@@ -432,6 +437,18 @@ class TimelineAnalyzer:
         buffer = np.zeros(0, dtype=np.float32)
         buffer_start = 0  # sample index of buffer[0]
         blocks = iter(stream)
+        # short regions share a model call: a padded batch is faster than one region at a time
+        group: list[tuple[np.ndarray, list[tuple[float, float]]]] = []
+        grouped = 0
+
+        def flush(until: float) -> None:
+            nonlocal group, grouped
+            if group:
+                out.append(self.run_model(functools.partial(self._embed_regions, group)))
+                group, grouped = [], 0
+            if progress is not None:
+                progress(vad_share + (1 - vad_share) * until / max(duration, 1e-9) * 0.999, until)
+
         for region, region_spans in todo:
             if should_stop is not None and should_stop():
                 raise TimelineCancelled("the analysis was cancelled")
@@ -451,30 +468,50 @@ class TimelineAnalyzer:
             wave = np.array(buffer[max(0, first - buffer_start) : last - buffer_start])
             if wave.shape[0] == 0:
                 break
-            relative = [(start - begin, end - begin) for start, end in region_spans]
-            out.append(self.run_model(functools.partial(self._embed_region, wave, relative)))
+            group.append((wave, [(start - begin, end - begin) for start, end in region_spans]))
+            grouped += wave.shape[0]
             cut = max(0, min(buffer.shape[0], last - buffer_start))
             buffer, buffer_start = buffer[cut:], buffer_start + cut
-            if progress is not None:
-                progress(vad_share + (1 - vad_share) * region.end / max(duration, 1e-9) * 0.999, region.end)
+            if len(group) >= GROUP_REGIONS or grouped >= GROUP_SECONDS * SAMPLE_RATE:
+                flush(region.end)
+        flush(duration)
         return np.concatenate(out) if out else None
 
-    def _embed_region(self, wave: np.ndarray, spans: Sequence[tuple[float, float]]) -> np.ndarray:
-        """Embeddings ``[len(spans), d]`` of windows ``spans`` (seconds from the region's start)."""
+    def _embed_regions(self, group: Sequence[tuple[np.ndarray, Sequence[tuple[float, float]]]]) -> np.ndarray:
+        """Embeddings ``[n_windows, d]`` of the windows of several regions (audio, windows in seconds from
+        the audio's start), in order."""
         backbone = self.predictor.backbone
         if self.method == "pooled":
             assert isinstance(backbone, FrameEncoder)
-            states = backbone.encode_frames(wave, overlap_seconds=self.options.overlap_seconds)
-            receptive_s = states.receptive / states.sample_rate
-            rows = []
-            for start, end in spans:
-                first, last = states.frame_range(start, max(start + 1e-3, end - receptive_s + 1e-6))
-                if last <= first:
-                    first, last = states.frame_range(start, end)
-                rows.append(backbone.pool(states, first, max(last, first + 1)))
-            return np.stack(rows)
-        pieces = [wave[int(round(s * SAMPLE_RATE)) : int(round(e * SAMPLE_RATE))] for s, e in spans]
+            states = backbone.encode_frames_batch(
+                [wave for wave, _ in group], overlap_seconds=self.options.overlap_seconds
+            )
+            return np.concatenate(
+                [self._pool_windows(s, spans) for s, (_, spans) in zip(states, group, strict=True)]
+            )
+        pieces = [
+            wave[int(round(s * SAMPLE_RATE)) : int(round(e * SAMPLE_RATE))]
+            for wave, spans in group
+            for s, e in spans
+        ]
         return self.predictor.embed_batch(pieces)
+
+    def _pool_windows(self, states: HiddenStates, spans: Sequence[tuple[float, float]]) -> np.ndarray:
+        """The windows ``spans`` (seconds) pooled out of one region's hidden states, ``[len(spans), d]``."""
+        backbone = self.predictor.backbone
+        assert isinstance(backbone, FrameEncoder)
+        receptive_s = states.receptive / states.sample_rate
+        rows = []
+        for start, end in spans:
+            first, last = states.frame_range(start, max(start + 1e-3, end - receptive_s + 1e-6))
+            if last <= first:
+                first, last = states.frame_range(start, end)
+            rows.append(backbone.pool(states, first, max(last, first + 1)))
+        return np.stack(rows)
+
+    def _embed_region(self, wave: np.ndarray, spans: Sequence[tuple[float, float]]) -> np.ndarray:
+        """Embeddings ``[len(spans), d]`` of windows ``spans`` (seconds from the region's start)."""
+        return self._embed_regions([(wave, spans)])
 
     # -- assembling the result ---------------------------------------------------------------------
 

@@ -185,6 +185,12 @@ class FrameEncoder(Protocol):
         overlapping by ``2 * overlap_seconds`` when that is set)."""
         ...
 
+    def encode_frames_batch(
+        self, waveforms: Sequence[np.ndarray], *, overlap_seconds: float = 0.0
+    ) -> list[HiddenStates]:
+        """``encode_frames`` of each waveform, sharing forward passes where the architecture allows."""
+        ...
+
     def pool(self, states: HiddenStates, first: int = 0, last: int | None = None) -> np.ndarray:
         """The embedding of frames ``[first, last)``: float32 ``[dim]``, as ``embed_batch`` pools them."""
         ...

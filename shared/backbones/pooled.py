@@ -138,6 +138,37 @@ class PooledSpeechEncoder:
             receptive=self.receptive,
         )
 
+    def encode_frames_batch(
+        self, waveforms: Sequence[np.ndarray], *, overlap_seconds: float = 0.0
+    ) -> list[HiddenStates]:
+        """``encode_frames`` of several waveforms; those within the window length share padded forward
+        passes of at most ``max_batch_size`` (where the architecture supports padding: the results equal
+        one item at a time), sorted by length so that padding stays small."""
+        out: list[HiddenStates | None] = [None] * len(waveforms)
+        prepared = [self._normalize(self.spec.prepare(w)) for w in waveforms]
+        short = sorted(
+            (
+                i
+                for i, w in enumerate(prepared)
+                if w.shape[0] <= self.window_samples and w.shape[0] >= MIN_SAMPLES
+            ),
+            key=lambda i: prepared[i].shape[0],
+        )
+        step = self.max_batch_size if self.supports_padding else 1
+        for start in range(0, len(short), step):
+            idx = short[start : start + step]
+            for i, frames in zip(idx, self._forward([prepared[i] for i in idx]), strict=True):
+                out[i] = HiddenStates(
+                    frames=frames,
+                    starts=self.hop * np.arange(frames.shape[0], dtype=np.int64),
+                    hop=self.hop,
+                    receptive=self.receptive,
+                )
+        for i, states in enumerate(out):
+            if states is None:
+                out[i] = self.encode_frames(waveforms[i], overlap_seconds=overlap_seconds)
+        return [s for s in out if s is not None]
+
     def _overlapped(self, wave: np.ndarray, context: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Frames and their first samples, piece by piece, each piece with ``context`` samples (a multiple
         of ``hop``) of audio on both sides of the middle it keeps."""
