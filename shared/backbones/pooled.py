@@ -157,7 +157,11 @@ class PooledSpeechEncoder:
         step = self.max_batch_size if self.supports_padding else 1
         for start in range(0, len(short), step):
             idx = short[start : start + step]
-            for i, frames in zip(idx, self._forward([prepared[i] for i in idx]), strict=True):
+            longest = max(prepared[i].shape[0] for i in idx)
+            # Padded to whole seconds: the kernels compiled and cached for each input shape (oneDNN's
+            # primitive cache) then stay few, and so does the memory they hold, however long the recording.
+            pad_to = -(-longest // SAMPLE_RATE) * SAMPLE_RATE if self.supports_padding else None
+            for i, frames in zip(idx, self._forward([prepared[i] for i in idx], pad_to=pad_to), strict=True):
                 out[i] = HiddenStates(
                     frames=frames,
                     starts=self.hop * np.arange(frames.shape[0], dtype=np.int64),
@@ -219,18 +223,20 @@ class PooledSpeechEncoder:
             counts.append(int(n))
         return counts
 
-    def _forward(self, waves: list[np.ndarray]) -> list[np.ndarray]:
-        """Run the encoder on a batch; returns each item's valid frames, float32 ``[n_frames, hidden]``."""
+    def _forward(self, waves: list[np.ndarray], pad_to: int | None = None) -> list[np.ndarray]:
+        """Run the encoder on a batch (padded to at least ``pad_to`` samples, for encoders that support
+        padding); returns each item's valid frames, float32 ``[n_frames, hidden]``."""
         lengths = [w.shape[0] for w in waves]
         if min(lengths) < MIN_SAMPLES:
             raise BackboneError(
                 f"audio of {min(lengths)} samples is shorter than one encoder frame (400 samples = 25 ms)"
             )
-        batch = np.zeros((len(waves), max(lengths)), dtype=np.float32)
+        width = max(max(lengths), pad_to or 0)
+        batch = np.zeros((len(waves), width), dtype=np.float32)
         for row, w in enumerate(waves):
             batch[row, : w.shape[0]] = w
         mask = None
-        if len(waves) > 1:
+        if len(waves) > 1 or width > max(lengths):
             mask = (np.arange(batch.shape[1])[None, :] < np.array(lengths)[:, None]).astype(np.int64)
         hidden = self._run(batch, mask)
         return [hidden[row, :n] for row, n in enumerate(self.frame_counts(lengths))]
