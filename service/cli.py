@@ -197,6 +197,7 @@ def timeline_files(args: argparse.Namespace) -> int:
         print(f"note: {notice}", file=sys.stderr)
     analyzer = TimelineAnalyzer(predictor, options)
     failed = 0
+    printed = False
     show_progress = sys.stderr.isatty()
     for path in args.files:
         bar = tqdm(
@@ -216,12 +217,14 @@ def timeline_files(args: argparse.Namespace) -> int:
             bar.close()
         for warning in result.warnings:
             print(f"{path}\twarning: {warning}", file=sys.stderr)
-        text = _render_timeline(result, path, args.format)
         if args.output_dir is not None:
             args.output_dir.mkdir(parents=True, exist_ok=True)
+            text = _render_timeline(result, path, args.format)
             (args.output_dir / f"{path.stem}.timeline.{args.format}").write_text(text)
         else:
-            sys.stdout.write(text)
+            # one CSV table on the terminal: the header once, before the first file's rows
+            sys.stdout.write(_render_timeline(result, path, args.format, header=not printed))
+            printed = True
         if args.plot:
             from service.plot import plot_timeline
 
@@ -231,10 +234,11 @@ def timeline_files(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _render_timeline(result: Any, path: Path, fmt: str) -> str:
+def _render_timeline(result: Any, path: Path, fmt: str, header: bool = True) -> str:
     if fmt == "csv":
         rows = result.windows_csv().splitlines()
-        return "".join(f"{'file' if i == 0 else path},{row}\n" for i, row in enumerate(rows))
+        lines = [f"{'file' if i == 0 else path},{row}\n" for i, row in enumerate(rows)]
+        return "".join(lines if header else lines[1:])
     if fmt == "rttm":
         return str(result.segments_rttm(path.stem))
     return json.dumps({"file": str(path), **result.to_dict()}) + "\n"

@@ -299,6 +299,16 @@ def test_ser_timeline_on_a_file_without_speech(tmp_path, egemaps_bundle):
     assert json.loads(done.stdout)["reason"] == "no_speech"
 
 
+@pytest.mark.realdata
+def test_ser_timeline_prints_one_csv_table_for_several_files(real_data, tmp_path):
+    files = [str(real_data / "formats" / name) for name in ("crema_angry.webm", "crema_happy.mp3")]
+    done = run_ser("timeline", *files, "--format", "csv", cwd=tmp_path)  # the demo model
+    assert done.returncode == 0, done.stderr
+    rows = done.stdout.splitlines()
+    assert rows[0].startswith("file,start,end,label") and sum(r.startswith("file,") for r in rows) == 1
+    assert {r.split(",")[0] for r in rows[1:]} == set(files)
+
+
 def test_the_long_recording_routes_need_the_api_key(egemaps_bundle):
     with TestClient(create_app(settings_for(egemaps_bundle, api_keys="k1"))) as client:  # type: ignore[arg-type]
         ready_client(client)

@@ -270,7 +270,9 @@ def test_backbones_without_frames_use_the_exact_method(egemaps_bundle):
 def test_regions_encoded_together_equal_regions_encoded_alone(tiny_hubert_dir):
     spec = BackboneSpec(kind="hubert", model=str(tiny_hubert_dir))
     backbone = build_backbone(spec)
-    waves = [synthetic_clip(label, seconds) for label, seconds in (("sad", 1.2), ("angry", 2.7), ("fear", 0.9))]
+    waves = [
+        synthetic_clip(label, seconds) for label, seconds in (("sad", 1.2), ("angry", 2.7), ("fear", 0.9))
+    ]
     together = backbone.encode_frames_batch(waves)
     for wave, states in zip(waves, together, strict=True):
         alone = backbone.encode_frames(wave)
