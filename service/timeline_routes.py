@@ -76,7 +76,9 @@ JOB_ERRORS: dict[int | str, dict[str, Any]] = {
     413: _err("payload_too_large: the upload is over SER_JOB_MAX_BYTES (the message names it)."),
     415: PREDICT_ERRORS[415],
     422: _err("invalid_request: no 'file' field, an empty or malformed body."),
-    503: _err("overloaded: SER_JOBS_MAX jobs are queued or running, or not_ready; has Retry-After."),
+    503: _err(
+        "overloaded: SER_JOBS_MAX analyses are queued or running; or not_ready (the model is loading); has Retry-After."
+    ),
 }
 
 
@@ -197,6 +199,7 @@ async def create_job(request: Request, engine: EngineDep) -> Response:
     service stopped reads `interrupted`."""
     settings = engine.settings
     jobs = get_jobs(request)
+    engine.check_ready()  # a job is analysed by the loaded model: refuse it while there is none
     jobs.check_capacity()
     if jobs.store is None:
         raise NotReadyError("the job store is not open yet; retry shortly")

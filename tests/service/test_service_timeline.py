@@ -324,3 +324,24 @@ def test_the_long_recording_routes_need_the_api_key(egemaps_bundle):
         assert job.status_code == 202
         assert client.get(job.headers["location"]).status_code == 401
         assert client.get(job.headers["location"], headers={"x-api-key": "k1"}).status_code == 200
+
+
+def test_jobs_are_refused_while_the_model_loads(egemaps_bundle):
+    from service.engine import load_predictor
+
+    loaded = threading.Event()
+
+    def slow_factory(settings, bundle_dir):
+        loaded.wait(30)
+        return load_predictor(settings, bundle_dir)
+
+    with TestClient(create_app(settings_for(egemaps_bundle), predictor_factory=slow_factory)) as client:
+        reply = client.post("/v1/jobs", content=tone_wav(1.0), headers={"content-type": "audio/wav"})
+        assert reply.status_code == 503 and reply.json()["error_type"] == "not_ready"
+        assert "retry-after" in reply.headers
+        loaded.set()
+        ready_client(client)
+        assert (
+            client.post("/v1/jobs", content=tone_wav(1.0), headers={"content-type": "audio/wav"}).status_code
+            == 202
+        )
