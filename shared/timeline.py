@@ -373,11 +373,11 @@ class TimelineAnalyzer:
             keep_partial=True,
             name=name,
         )
-        declared = stream.declared_seconds
         # The speech pass counts for a tenth of the work; embedding the regions for the rest.
         vad_share = 0.1
 
         def scored(samples: int) -> None:
+            declared = stream.declared_seconds  # FFmpeg's formats tell it once decoding has begun
             if progress is not None and declared:
                 progress(min(vad_share, vad_share * samples / SAMPLE_RATE / declared), 0.0)
             if should_stop is not None and should_stop():
@@ -388,6 +388,7 @@ class TimelineAnalyzer:
             regions = self.detector.regions(probabilities, n_samples)
         duration = n_samples / SAMPLE_RATE
         warnings = []
+        declared = stream.declared_seconds
         if stream.truncated:
             detail = f" ({stream.error.message})" if stream.error is not None else ""
             declared_text = f" of the {declared:.2f} s its header declares" if declared else ""
