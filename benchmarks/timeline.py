@@ -4,6 +4,7 @@ what a long recording costs.
     python -m benchmarks.timeline accuracy --data-dir ../shared/data/ravdess16k
     python -m benchmarks.timeline agreement --data-dir ../shared/data/ravdess16k --model large
     python -m benchmarks.timeline cost --data-dir ../shared/data/ravdess16k --minutes 10,60
+    python -m benchmarks.timeline vad --data-dir ../shared/data/ravdess16k
 
 **accuracy** (eGeMAPS): a bundle is fitted on RAVDESS actors 1-16. Window lengths are chosen on a
 development recording of actors 17-20 (clips with 0.1-0.4 s gaps, so that speech regions hold several
@@ -277,6 +278,48 @@ def agreement(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def vad_sweep(args: argparse.Namespace) -> dict[str, Any]:
+    """Speech coverage and early starts for VAD paddings and thresholds on a development recording."""
+    from shared.audio import AudioStream
+    from shared.vad import SpeechDetector, VadSettings
+
+    data_dir = Path(args.data_dir)
+    clips = pick_clips(ravdess_clips(data_dir, range(1, 13)), 60, seed=7)
+    wave, truth = build_recording(clips, seed=7)
+    path = write_flac(wave, Path(tempfile.mkdtemp(prefix="ser-vad-")) / "dev.flac")
+    detector = SpeechDetector()
+    probabilities, n = detector.probabilities(AudioStream(path))
+    pauses = [(a.end, b.start) for a, b in zip(truth, truth[1:], strict=False)]
+    rows = []
+    for threshold in (0.5, 0.35):
+        for pad_ms in (30, 100, 200):
+            detector.settings = VadSettings(threshold=threshold, pad_ms=pad_ms)
+            regions = detector.regions(probabilities, n)
+            coverage = np.array(
+                [
+                    sum(max(0.0, min(t.end, r.end) - max(t.start, r.start)) for r in regions)
+                    / (t.end - t.start)
+                    for t in truth
+                ]
+            )
+            early = sum(1 for r in regions for a, b in pauses if a < r.start < b and b - r.start > 0.3)
+            rows.append(
+                {
+                    "threshold": threshold,
+                    "pad_ms": pad_ms,
+                    "clips_covered_80pct": round(float(np.mean(coverage >= 0.8)), 3),
+                    "mean_coverage": round(float(coverage.mean()), 3),
+                    "early_starts": early,
+                    "regions": len(regions),
+                }
+            )
+            print(
+                f"threshold {threshold}, pad {pad_ms:>3} ms: {rows[-1]['clips_covered_80pct']:.0%} of clips 80% covered, "
+                f"{early} regions starting over 0.3 s into a pause"
+            )
+    return {"benchmark": "timeline-vad", "actors": list(range(1, 13)), "clips": len(truth), "sweep": rows}
+
+
 def long_recording(data_dir: Path, minutes: float, seed: int = 0) -> np.ndarray:
     """About ``minutes`` of RAVDESS speech with 0.3-1.5 s pauses (about 70% speech), looped to length."""
     clips = pick_clips(ravdess_clips(data_dir), 300, seed=seed)
@@ -413,13 +456,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     agree.add_argument("--dtype", default="bf16")
     agree.add_argument("--train-actors", type=int, default=4, help="actors the bundle is fitted on")
     agree.add_argument("--clips", type=int, default=30)
+    sub.add_parser("vad", help="speech coverage for VAD paddings on a development recording (actors 1-12)")
     price = sub.add_parser("cost", help="long recordings through the jobs API: time and peak memory")
     price.add_argument("--minutes", type=floats, default=[10.0, 60.0])
-    for p in (acc, agree, price):
+    for p in (acc, agree, price, sub.choices["vad"]):
         p.add_argument("--data-dir", required=True, type=Path, help="the RAVDESS folder (Actor_NN/*.flac)")
         p.add_argument("--out", type=Path, help="write the JSON here")
     args = parser.parse_args(argv)
-    result = {"accuracy": accuracy, "agreement": agreement, "cost": cost}[args.command](args)
+    result = {"accuracy": accuracy, "agreement": agreement, "cost": cost, "vad": vad_sweep}[args.command](
+        args
+    )
     text = json.dumps(result, indent=2)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
