@@ -331,7 +331,7 @@ def cost(args: argparse.Namespace) -> dict[str, Any]:
     """Recordings through the jobs API of a real server (one fresh process each): time and peak memory."""
     import httpx
 
-    from benchmarks.http import free_port, write_bundle
+    from benchmarks.http import free_port, wait_ready, write_bundle
     from benchmarks.variants import make_model
     from shared.backbones import EncoderOptions, build_backbone
 
@@ -370,18 +370,7 @@ def cost(args: argparse.Namespace) -> dict[str, Any]:
             )
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 900
-            while True:
-                if server.poll() is not None:
-                    raise RuntimeError(f"the server exited:\n{log_file.read_text()[-3000:]}")
-                try:
-                    if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the server was not ready in time")
-                time.sleep(0.2)
+            wait_ready(server, url, log_file)
             ready_mem = read_proc_status(server.pid)
             with path.open("rb") as handle:
                 started = time.perf_counter()
