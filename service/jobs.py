@@ -430,6 +430,9 @@ class JobManager:
             return  # cancelled while queued
         stop = self._stops[job_id] = threading.Event()
         path = self.upload_path(job_id)
+        record = store.get(job_id)
+        # errors name the client's file, never the upload's name on disk (the job id)
+        name = (record.filename or "") if record is not None else ""
         last_write = 0.0
         done_seconds = 0.0
 
@@ -450,6 +453,7 @@ class JobManager:
                 max_seconds=self.max_seconds,
                 progress=progress,
                 should_stop=stop.is_set,
+                name=name,
             )
         except asyncio.CancelledError:
             stop.set()
@@ -477,10 +481,6 @@ class JobManager:
             self._stops.pop(job_id, None)
             with contextlib.suppress(OSError):
                 os.unlink(path)
-
-    def _name_of(self, job_id: str) -> str:
-        record = self.store.get(job_id) if self.store is not None else None
-        return (record.filename or "") if record is not None else ""
 
     async def _expire_loop(self) -> None:
         while True:

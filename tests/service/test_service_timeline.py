@@ -114,6 +114,15 @@ def test_unknown_jobs_are_404(timeline_client):
         assert reply.json()["error_type"] == "not_found"
 
 
+def test_a_job_whose_file_is_not_audio_fails_naming_the_clients_file(timeline_client):
+    created = timeline_client.post("/v1/jobs", files={"file": ("notes.txt", b"just some text, not audio")})
+    assert created.status_code == 202
+    failed = wait_for_job(timeline_client, created.headers["location"])
+    assert failed["state"] == "failed" and failed["error"]["error_type"] == "unsupported_format"
+    assert failed["error"]["error"].startswith("notes.txt: this is text, not audio")
+    assert created.json()["id"] not in failed["error"]["error"]
+
+
 def test_a_job_without_speech_is_done_with_an_empty_timeline(timeline_client):
     created = timeline_client.post("/v1/jobs", files={"file": ("tone.wav", tone_wav(5.0))})
     assert created.status_code == 202
