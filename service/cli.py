@@ -2,7 +2,8 @@
 
 Commands:
     serve     run the HTTP service (what ``python -m service`` does)
-    predict   predict the emotion of audio files here, without a server (one line or JSON object each)
+    predict   predict many audio files (files, folders, globs, manifests) here or on a Ray cluster, to
+              the terminal or a resumable JSONL/CSV/Parquet file
     timeline  the emotion timeline of long recordings: windows, segments and a summary (JSON, CSV, RTTM;
               a PNG plot on request)
     info      describe the bundle that would be served
@@ -24,7 +25,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from service.__main__ import add_serve_flags, settings_help
-from shared.timeline import METHODS, TimelineOptions
+from service.batch import add_predict_parser, add_timeline_flags, predict_files, timeline_options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,17 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_serve_flags(serve)
-    predict = sub.add_parser("predict", help="predict audio files here, without a server")
-    predict.add_argument("files", nargs="+", type=Path, help="audio files (any format the service accepts)")
-    predict.add_argument(
-        "--bundle", type=Path, help="as for serve (default: SER_BUNDLE, ./artifacts, the demo)"
-    )
-    predict.add_argument(
-        "--session",
-        action="store_true",
-        help="the files are one speaker or recording: normalise them together (10 files or more)",
-    )
-    predict.add_argument("--json", action="store_true", help="one JSON object per file instead of a table")
+    add_predict_parser(sub)
     timeline = sub.add_parser(
         "timeline",
         help="the emotion timeline of long recordings, here, without a server",
@@ -75,23 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write <name>.timeline.png: stacked probabilities over time with the segments "
         "(to --output-dir, else the current folder)",
     )
-    defaults = TimelineOptions()
-    timeline.add_argument("--window", type=float, default=defaults.window_seconds, help="window length (s)")
-    timeline.add_argument("--hop", type=float, default=defaults.hop_seconds, help="time between windows (s)")
-    timeline.add_argument(
-        "--method",
-        choices=METHODS,
-        default=defaults.method,
-        help="pooled: encode each speech region once; exact: encode every window on its own",
-    )
-    timeline.add_argument(
-        "--smoothing", type=int, default=defaults.smoothing, help="windows averaged (1: none)"
-    )
-    timeline.add_argument(
-        "--no-session",
-        action="store_true",
-        help="classify every window alone, instead of normalising a recording's windows together",
-    )
+    add_timeline_flags(timeline)
     timeline.add_argument(
         "--max-seconds",
         type=float,
@@ -113,65 +88,6 @@ def _predictor(bundle: Path | None) -> tuple[Any, Path]:
     return Predictor.from_bundle(folder, settings.encoder_options()), folder
 
 
-def predict_files(args: argparse.Namespace) -> int:
-    """``ser predict``: decode, check and classify each file; a bad file is one error line, not the end."""
-    import numpy as np
-
-    from service.bundles import demo_notice
-    from service.settings import ServiceSettings
-    from shared.audio import AudioLimits, load_audio
-    from shared.constants import SAMPLE_RATE
-    from shared.errors import SERError
-    from shared.session import SessionStats
-
-    predictor, folder = _predictor(args.bundle)
-    notice = demo_notice(folder)
-    if notice:
-        print(f"note: {notice}", file=sys.stderr)
-    settings = ServiceSettings()
-    limits = AudioLimits(settings.min_seconds, settings.max_seconds, settings.silence_dbfs)
-    waves, errors = {}, {}
-    for path in args.files:
-        try:
-            waves[path] = load_audio(path, limits)
-        except (SERError, OSError) as exc:
-            errors[path] = getattr(exc, "message", None) or str(exc)
-    predictions = {}
-    if waves:
-        embeddings = predictor.embed_batch(list(waves.values()))
-        stats = SessionStats.of(embeddings) if args.session else None
-        predictions = dict(zip(waves, predictor.classify(embeddings, session=stats), strict=True))
-    for path in args.files:
-        if path in errors:
-            if args.json:
-                print(json.dumps({"file": str(path), "ok": False, "error": errors[path]}))
-            else:
-                print(f"{path}\terror: {errors[path]}")
-            continue
-        p = predictions[path]
-        if args.json:
-            print(
-                json.dumps(
-                    {
-                        "file": str(path),
-                        "ok": True,
-                        "label": p.label,
-                        "confidence": round(p.confidence, 4),
-                        "probabilities": {k: round(v, 4) for k, v in p.probabilities.items()},
-                        "uncertain": p.uncertain,
-                        "uncertain_reasons": list(p.uncertain_reasons),
-                        "ood_percentile": p.ood_percentile,
-                        "classifier": p.classifier,
-                        "duration_s": round(float(np.asarray(waves[path]).shape[0]) / SAMPLE_RATE, 3),
-                    }
-                )
-            )
-        else:
-            flag = f"\tuncertain ({', '.join(p.uncertain_reasons)})" if p.uncertain else ""
-            print(f"{path}\t{p.label}\t{100 * p.confidence:.0f}%{flag}")
-    return 1 if errors else 0
-
-
 def timeline_files(args: argparse.Namespace) -> int:
     """``ser timeline``: one timeline per file; a bad file is one error line on stderr, not the end."""
     from tqdm import tqdm
@@ -181,13 +97,7 @@ def timeline_files(args: argparse.Namespace) -> int:
     from shared.timeline import TimelineAnalyzer
 
     try:
-        options = TimelineOptions(
-            window_seconds=args.window,
-            hop_seconds=args.hop,
-            method=args.method,
-            smoothing=args.smoothing,
-            session=not args.no_session,
-        )
+        options = timeline_options(args)
     except ValueError as exc:
         print(f"ser timeline: error: {exc}", file=sys.stderr)
         return 2

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from shared.backbones import BACKBONE_KINDS, EncoderOptions
+from shared.batch.inputs import InputError
+from shared.batch.ray_engine import RaySettings, check_address, require_ray
 from shared.errors import SERError
 from shared.loudness import DEFAULT_LEVEL_DBFS
 from training.pipeline import CLASSIFIERS
@@ -51,6 +53,38 @@ def _add_encoder_flags(parser: argparse.ArgumentParser) -> None:
         "bundle is served in the precision it was trained in",
     )
     parser.add_argument("--batch-size", type=int, default=8)
+
+
+def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags ``ray_from_args`` reads: where the embeddings are computed."""
+    parser.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: here, in this process; ray: on a Ray cluster (decoding in tasks, the encoder in an "
+        "actor pool), filling the same cache",
+    )
+    parser.add_argument(
+        "--ray-address", default=None, help="a running cluster (HOST:PORT or auto); default: start Ray here"
+    )
+    parser.add_argument("--workers", type=int, default=1, help="ray: the most encoder replicas")
+    parser.add_argument("--cpus-per-worker", type=float, default=1.0, help="ray: CPUs each replica holds")
+    parser.add_argument("--gpus-per-worker", type=float, default=0.0, help="ray: GPUs each replica holds")
+
+
+def ray_from_args(args: argparse.Namespace) -> RaySettings | None:
+    """The engine flags as ``RaySettings`` (None for the local engine).
+
+    Raises:
+        InputError: Ray is not installed, or the cluster's address cannot be reached.
+    """
+    if args.engine != "ray":
+        return None
+    if args.workers < 1:
+        raise InputError("--workers must be 1 or more")
+    require_ray()
+    check_address(args.ray_address)
+    return RaySettings(args.ray_address, args.workers, args.cpus_per_worker, args.gpus_per_worker)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--cache-dir", type=Path, default=None, help="embedding cache (default <out>/.cache)")
     _add_encoder_flags(run)
+    _add_engine_flags(run)
     run.add_argument("--no-progress", action="store_true")
 
     ev = sub.add_parser("evaluate", help="score an existing bundle on a labelled corpus, without training")
@@ -192,6 +227,7 @@ def recipe_from_args(args: argparse.Namespace) -> TrainingRecipe:
         out=args.out,
         embedding_cache=args.cache_dir,
         progress=not args.no_progress,
+        ray=ray_from_args(args),
     )
 
 

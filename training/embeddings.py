@@ -15,12 +15,14 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from shared.audio import decode_audio
-from shared.backbones import Backbone
+from shared.backbones import Backbone, EncoderOptions
+from shared.batch.ray_engine import RaySettings
 from shared.bundle import sha256_file
 from shared.errors import SERError
 
@@ -110,12 +112,18 @@ def extract_embeddings(
     progress: bool = True,
     save_every: int = 20,
     decode: Callable[[Path], np.ndarray] = decode_audio,
+    ray: RaySettings | None = None,
+    encoder: EncoderOptions | None = None,
 ) -> ExtractionResult:
     """Embed audio files with ``backbone``, reusing and filling the cache in ``cache_dir``.
 
     Files that cannot be decoded or embedded are reported in ``failed`` rather than stopping the run.
     ``batch_size`` files are decoded and embedded together; the cache is saved every ``save_every``
     batches and at the end.
+
+    With ``ray``, the files not in the cache are embedded on that Ray cluster instead: decoded in CPU
+    tasks and embedded by replicas of the same backbone (its spec, run as ``encoder`` says), the rows
+    coming back here to fill the same cache (``shared.batch.ray_engine``).
     """
     cache = (
         EmbeddingCache(
@@ -138,6 +146,16 @@ def extract_embeddings(
     if todo:
         log.info("embedding %d files (%d from cache) with %s", len(todo), cached, backbone.spec.kind)
     bar = tqdm(total=len(todo), desc="embedding", unit="clip", disable=not progress or not todo)
+    if ray is not None:
+        try:
+            _embed_on_ray(
+                paths, todo, backbone, encoder, ray, batch_size, cache, save_every, bar, result, failed
+            )
+        finally:
+            bar.close()
+            if cache is not None:
+                cache.save()
+        todo = []
     try:
         for n_batch, start in enumerate(range(0, len(todo), batch_size), start=1):
             idx = todo[start : start + batch_size]
@@ -184,3 +202,48 @@ def extract_embeddings(
     for i, reason in failed:
         log.warning("skipping %s: %s", paths[i], reason)
     return ExtractionResult(embeddings=embeddings, ok=ok, failed=sorted(failed), cached=cached)
+
+
+def _embed_on_ray(
+    paths: Sequence[Path],
+    todo: list[int],
+    backbone: Backbone,
+    encoder: EncoderOptions | None,
+    ray: RaySettings,
+    batch_size: int,
+    cache: EmbeddingCache | None,
+    save_every: int,
+    bar: Any,
+    result: dict[int, np.ndarray],
+    failed: list[tuple[int, str]],
+) -> None:
+    """Embed ``paths[i]`` for each ``i`` in ``todo`` on Ray, into ``result``, ``failed`` and the cache."""
+    from shared.batch.pipeline import Decoder, EmbeddingModel
+    from shared.batch.ray_engine import run_ray
+
+    index: dict[str, list[int]] = {}
+    for i in todo:
+        index.setdefault(str(paths[i]), []).append(i)
+    since_save = 0
+
+    def collect(results: list[list[dict[str, Any]]]) -> None:
+        nonlocal since_save
+        for rows in results:
+            row = rows[0]
+            for i in index.pop(row["path"], []):  # a file that came back twice is taken once
+                if row["ok"]:
+                    result[i] = row["embedding"]
+                    if cache is not None:
+                        cache.put(row["sha256"], row["embedding"])
+                else:
+                    failed.append((i, str(row["error"])))
+        bar.update(len(results))
+        since_save += len(results)
+        if cache is not None and since_save >= save_every * batch_size:
+            cache.save()
+            since_save = 0
+
+    model = EmbeddingModel(backbone.spec, encoder or EncoderOptions())
+    run_ray(list(index), Decoder(), model, collect, ray, batch_size=batch_size)
+    for indices in index.values():
+        failed.extend((i, "not embedded") for i in indices)

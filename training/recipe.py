@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from shared.backbones import Backbone, BackboneSpec, EncoderOptions, build_backbone
+from shared.batch.ray_engine import RaySettings
 from shared.bundle import save_bundle
 from shared.constants import EMOTIONS
 from shared.loudness import DEFAULT_LEVEL_DBFS
@@ -76,6 +77,7 @@ class TrainingRecipe:
         name, version: the bundle's (defaults ``<corpus>-<backbone>`` and a UTC timestamp).
         out: the artifacts root; ``embedding_cache`` the embedding cache (default ``<out>/.cache``).
         progress: show a progress bar while embedding.
+        ray: compute the embeddings on this Ray cluster (``shared.batch.ray_engine``); None: here.
     """
 
     corpus: str
@@ -101,6 +103,7 @@ class TrainingRecipe:
     out: Path = Path("artifacts")
     embedding_cache: Path | None = None
     progress: bool = True
+    ray: RaySettings | None = None
 
     def spec(self, layer: int | None) -> BackboneSpec:
         """The backbone spec reading ``layer`` (``egemaps`` has no layers)."""
@@ -225,6 +228,8 @@ def _embed(
         cache_dir=recipe.embedding_cache or recipe.out / ".cache",
         batch_size=encoder.max_batch_size,
         progress=recipe.progress,
+        ray=recipe.ray,
+        encoder=encoder,
     )
     return backbone, result
 
