@@ -290,24 +290,26 @@ def predict_files(args: argparse.Namespace) -> int:
     progress = _Progress(len(todo), enabled=sys.stderr.isatty() and not args.no_progress)
     sink = _Sink(output, summary, progress, args)
     stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous = _stop_on_signals(stop)
     started = time.monotonic()
     try:
         if args.engine == "ray":
             from shared.batch.ray_engine import RaySettings, run_ray
 
             ray = RaySettings(args.ray_address, args.workers or 1, args.cpus_per_worker, args.gpus_per_worker)
-            run_ray(todo, decoder, model, sink, ray, batch_size=batch_size)
+            run_ray(todo, decoder, model, sink, ray, batch_size=batch_size, stop=stop)
         else:
             from shared.batch.pipeline import run_local
 
             run_local(todo, decoder, model, sink, batch_size=batch_size, workers=args.workers, stop=stop)
-        sink.finish(model)
+        if not stop.is_set():
+            sink.finish(model)
     except KeyboardInterrupt:
-        summary.interrupted = True
         stop.set()
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        summary.interrupted = stop.is_set() and summary.done + summary.skipped < summary.inputs
         summary.seconds = time.monotonic() - started
         progress.close()
         if output is not None:
@@ -320,8 +322,22 @@ def predict_files(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
-def _raise_interrupt(_signum: int, _frame: Any) -> None:
-    raise KeyboardInterrupt
+def _stop_on_signals(stop: threading.Event) -> dict[int, Any]:
+    """Ctrl-C and SIGTERM end the run after the batch in progress (its rows are written); a second one
+    stops at once. A signal the caller ignores (a shell's background job ignores SIGINT) stays ignored.
+    Returns the handlers to put back."""
+
+    def handle(_signum: int, _frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print("ser predict: stopping after the files in progress (again to stop now)", file=sys.stderr)
+
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            previous[signum] = signal.signal(signum, handle)
+    return previous
 
 
 def _check_usage(args: argparse.Namespace) -> None:

@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -386,9 +387,18 @@ def default_decode_workers() -> int:
     return max(1, min(4, (os.cpu_count() or 2) - 1))
 
 
-def _ignore_interrupts() -> None:
-    """Decoding processes leave Ctrl-C to the parent, which stops the run in order."""
+def _start_decoding_process() -> None:
+    """Decoding processes leave Ctrl-C to the parent, which stops the run in order, and end when the
+    parent ends, even killed outright (a ProcessPoolExecutor's workers would wait for work forever)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def run_local(
@@ -426,9 +436,10 @@ def run_local(
         flush()
         return
     ahead = batch_size * (workers + 2)
-    context = multiprocessing.get_context("forkserver")
+    # spawned, not forked: this process may hold the encoder's compute threads
+    context = multiprocessing.get_context("spawn")
     pool = concurrent.futures.ProcessPoolExecutor(
-        max_workers=workers, mp_context=context, initializer=_ignore_interrupts
+        max_workers=workers, mp_context=context, initializer=_start_decoding_process
     )
     pending: collections.deque[concurrent.futures.Future[Decoded]] = collections.deque()
     todo = iter(paths)

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import socket
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -168,13 +169,14 @@ def run_ray(
     settings: RaySettings = RaySettings(),
     *,
     batch_size: int = 8,
+    stop: threading.Event | None = None,
 ) -> None:
     """Run ``model`` over ``paths`` on the cluster ``settings.address`` names (or a Ray instance started
     here, shut down at the end; one this process already joined is used as it is).
 
     At most ``settings.workers`` actors (Ray Data starts with one and adds more while there is work and
     room), each with its CPUs and GPUs; decoding runs in tasks of ``batch_size`` files. ``on_results``
-    gets each file's rows as they arrive (in no set order).
+    gets each file's rows as they arrive (in no set order). ``stop`` ends the run at the next rows.
 
     Raises:
         InputError: Ray is not installed, or the address cannot be reached.
@@ -183,7 +185,7 @@ def run_ray(
     started = connect(settings.address)
     try:
         if paths:
-            _run(ray, paths, decoder, model, on_results, settings, batch_size)
+            _run(ray, paths, decoder, model, on_results, settings, batch_size, stop)
     finally:
         if started:
             ray.shutdown()
@@ -197,6 +199,7 @@ def _run(
     on_results: Callable[[list[FileRows]], None],
     settings: RaySettings,
     batch_size: int,
+    stop: threading.Event | None,
 ) -> None:
     dataset = ray.data.from_items(
         [{"path": p} for p in paths], override_num_blocks=_blocks(len(paths), batch_size)
@@ -218,6 +221,8 @@ def _run(
         num_gpus=settings.gpus_per_worker or None,
     )
     for batch in predicted.iter_batches(batch_size=None, batch_format="numpy"):
+        if stop is not None and stop.is_set():
+            break
         on_results([[_restore(row) for row in json.loads(text)] for text in batch["rows"]])
 
 
