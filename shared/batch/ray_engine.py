@@ -30,8 +30,11 @@ from shared.batch.rows import FileRows
 
 log = logging.getLogger(__name__)
 
-#: CPUs a decoding task holds: decoding is light next to the model, so two run beside each replica.
-DECODE_CPUS = 0.5
+#: CPUs a decoding task reserves: none. Decoding is light next to the model, and a task that waited for
+#: a CPU held by the replicas it feeds would wait forever (after a node is lost, say); how many run at
+#: once is capped instead (``DECODE_TASKS_PER_WORKER``).
+DECODE_CPUS = 0
+DECODE_TASKS_PER_WORKER = 2
 #: How long ``check_address`` waits for a cluster's port (s).
 CONNECT_TIMEOUT_S = 3.0
 
@@ -210,6 +213,7 @@ def _run(
         batch_size=batch_size,
         batch_format="numpy",
         num_cpus=DECODE_CPUS,  # not the replicas' resources: Ray keeps the two stages apart
+        concurrency=DECODE_TASKS_PER_WORKER * max(1, settings.workers),
     )
     predicted = decoded.map_batches(
         ModelReplica,
