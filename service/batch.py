@@ -333,7 +333,7 @@ def _stop_on_signals(stop: threading.Event) -> dict[int, Any]:
         stop.set()
         print("ser predict: stopping after the files in progress (again to stop now)", file=sys.stderr)
 
-    previous = {}
+    previous: dict[int, Any] = {}
     for signum in (signal.SIGINT, signal.SIGTERM):
         if signal.getsignal(signum) is not signal.SIG_IGN:
             previous[signum] = signal.signal(signum, handle)
