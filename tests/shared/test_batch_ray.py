@@ -74,7 +74,7 @@ def test_a_local_ray_instance_gives_the_local_engine_rows(
 def test_all_of_ravdess_gives_the_same_rows_locally_and_on_ray(tmp_path: Path) -> None:
     data = real_data_dir()
     assert data is not None
-    inputs = [str(data / "ravdess16k"), "--recursive", str(tmp_path / "broken"), "--no-progress"]
+    inputs = [str(data / "ravdess16k"), str(tmp_path / "broken"), "--recursive", "--no-progress"]
     (tmp_path / "broken").mkdir()
     broken_files(tmp_path / "broken")
     assert ser(["predict", *inputs, "--out", str(tmp_path / "local.jsonl")]) == 1
