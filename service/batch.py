@@ -250,13 +250,13 @@ def predict_files(args: argparse.Namespace) -> int:
             extensions=parse_extensions(args.extensions),
             path_column=args.path_column,
         )
-        if args.engine == "ray":
-            from shared.batch.ray_engine import check_address, require_ray
-
-            require_ray()
-            check_address(args.ray_address)
         columns = TIMELINE_COLUMNS if args.timeline else PREDICTION_COLUMNS
         output = RowOutput(args.out, columns, args.format) if args.out is not None else None
+        ray_started = False
+        if args.engine == "ray":  # join the cluster now: a wrong address is a usage error, before any work
+            from shared.batch.ray_engine import connect
+
+            ray_started = connect(args.ray_address)
     except (InputError, ValueError) as exc:
         print(f"ser predict: error: {getattr(exc, 'message', None) or exc}", file=sys.stderr)
         return 2
@@ -307,6 +307,10 @@ def predict_files(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         stop.set()
     finally:
+        if ray_started:
+            import ray as ray_module
+
+            ray_module.shutdown()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         summary.interrupted = stop.is_set() and summary.done + summary.skipped < summary.inputs

@@ -87,17 +87,17 @@ class RowOutput:
         self._last_flush = time.monotonic()
         self._rewrite_s = 0.0
         self._fh: io.TextIOWrapper | None = None
-        self._csv: Any = None
-        existing = self.path.is_file() and self.path.stat().st_size > 0
-        if existing:
+        if self.path.is_file() and self.path.stat().st_size > 0:
             self._read_existing()
-        if self.fmt in ("jsonl", "csv"):
+
+    def _open(self) -> io.TextIOWrapper:
+        """The file, opened for appending on the first rows (a run refused before any is leaves none)."""
+        if self._fh is None:
+            fresh = not (self.path.is_file() and self.path.stat().st_size > 0)
             self._fh = self.path.open("a", newline="", encoding="utf-8")
-            if self.fmt == "csv":
-                self._csv = csv.DictWriter(self._fh, fieldnames=list(columns), lineterminator="\n")
-                if not existing:
-                    self._csv.writeheader()
-                    self._fh.flush()
+            if self.fmt == "csv" and fresh:
+                csv.DictWriter(self._fh, fieldnames=list(self.columns), lineterminator="\n").writeheader()
+        return self._fh
 
     @property
     def files_present(self) -> int:
@@ -125,16 +125,16 @@ class RowOutput:
             return 0
         self.rows_written += len(rows)
         if self.fmt == "jsonl":
-            assert self._fh is not None
-            self._fh.write("".join(json.dumps(r, allow_nan=False) + "\n" for r in map(_json_safe, rows)))
-            self._fh.flush()
+            fh = self._open()
+            fh.write("".join(json.dumps(r, allow_nan=False) + "\n" for r in map(_json_safe, rows)))
+            fh.flush()
         elif self.fmt == "csv":
-            assert self._fh is not None
+            fh = self._open()
             buffer = io.StringIO()
             writer = csv.DictWriter(buffer, fieldnames=list(self.columns), lineterminator="\n")
             writer.writerows(rows)
-            self._fh.write(buffer.getvalue())
-            self._fh.flush()
+            fh.write(buffer.getvalue())
+            fh.flush()
         else:
             self._pending.extend(rows)
             # a rewrite copies the whole file: wait at least ten times as long as the last one took

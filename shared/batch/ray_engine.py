@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import socket
 import threading
 from collections.abc import Callable, Sequence
@@ -98,16 +99,25 @@ def check_address(address: str | None) -> None:
 
 def connect(address: str | None, *, num_cpus: int | None = None) -> bool:
     """Join the cluster at ``address``, or start a local instance; True when this call started Ray (the
-    caller then shuts it down)."""
+    caller then shuts it down).
+
+    Raises:
+        InputError: Ray is not installed, or the address is not a Ray cluster this process can join.
+    """
     ray = require_ray()
     check_address(address)
     if ray.is_initialized():
         return False
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # not a line per connection retry
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+    try:
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+        raise InputError(f"cannot join {where}: {str(exc).splitlines()[0]}") from exc
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the command shows its own
     context.print_on_execution_start = False
