@@ -393,8 +393,7 @@ class _Sink:
 
     def _emit(self, results: list[FileRows]) -> None:
         if self.output is not None:
-            fresh = [r for r in results if not self.output.holds(*_key(r))]
-            self.output.add(fresh)
+            fresh = self.output.add(results)
         else:
             fresh = results
             for rows in results:
@@ -410,10 +409,6 @@ class _Sink:
             from shared.batch.pipeline import classify_session
 
             self._emit(classify_session(model, self.held))
-
-
-def _key(rows: FileRows) -> tuple[str, str]:
-    return str(rows[0]["path"]), str(rows[0].get("sha256") or "")
 
 
 def _render(row: dict[str, Any], args: argparse.Namespace) -> str:

@@ -108,10 +108,11 @@ class RowOutput:
         """True when the output already answers this file with these contents."""
         return sha256 in self.done.get(path, ())
 
-    def add(self, results: Iterable[FileRows]) -> int:
-        """Append each file's rows unless the output already holds that file; returns the files added."""
+    def add(self, results: Iterable[FileRows]) -> list[FileRows]:
+        """Append each file's rows unless the output already holds that file (or an earlier file of
+        ``results`` was the same); returns the files' rows that were added."""
         rows: list[dict[str, Any]] = []
-        added = 0
+        added: list[FileRows] = []
         for file_rows in results:
             if not file_rows:
                 continue
@@ -120,9 +121,9 @@ class RowOutput:
                 continue
             self.done.setdefault(path, set()).add(digest)
             rows.extend({c: r.get(c) for c in self.columns} for r in file_rows)
-            added += 1
+            added.append(file_rows)
         if not rows:
-            return 0
+            return added
         self.rows_written += len(rows)
         if self.fmt == "jsonl":
             fh = self._open()
