@@ -8,7 +8,6 @@ SIGTERM or Ctrl-C stop accepting connections, let in-flight requests finish (up 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import signal
 import sys
@@ -55,12 +54,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    import uvicorn
     from pydantic import ValidationError
 
     from service.app import create_app
     from service.bundles import resolve_served_bundle
     from service.memory import keep_freed_memory
+    from service.server import build_server
     from service.settings import ServiceSettings
     from shared.errors import BundleError
 
@@ -104,17 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     # installed before it started: this one makes a clean stop exit 0 (or 3 after a load failure)
     # instead of dying with 143.
     signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(exit_code[0]))
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,  # keep the handler create_app installed (request ids, JSON lines)
-        log_level=settings.log_level.lower(),
-        access_log=False,  # the request middleware writes one access line per request, with its id
-        timeout_graceful_shutdown=int(math.ceil(settings.shutdown_timeout_s)),
-        proxy_headers=True,
-        server_header=False,
-    )
+    build_server(app, settings).run()
     return exit_code[0]
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 
 from service import __version__
+from service.auth import AuthThrottle, warn_about_keys
 from service.bundles import demo_notice, resolve_served_bundle
 from service.docs import mount_docs
 from service.engine import InferenceEngine, PredictorFactory
@@ -26,7 +26,14 @@ from service.errors import install_error_handlers
 from service.jobs import STATES, JobManager
 from service.logs import configure_logging
 from service.metrics import ServiceMetrics
-from service.middleware import REQUEST_ID_HEADER, BodySizeLimitMiddleware, RequestContextMiddleware
+from service.middleware import (
+    REQUEST_ID_HEADER,
+    BodyGuardMiddleware,
+    ByteBudget,
+    Drain,
+    JsonCORSMiddleware,
+    RequestContextMiddleware,
+)
 from service.routes import guarded, public
 from service.schemas import Base64AudioRequest
 from service.settings import ServiceSettings
@@ -127,6 +134,9 @@ def create_app(
     app.state.metrics = metrics
     app.state.engine = engine
     app.state.jobs = jobs
+    app.state.drain = drain = Drain()
+    app.state.auth_throttle = AuthThrottle(settings.auth_max_failures, settings.auth_lockout_s)
+    warn_about_keys(settings.api_keys)
 
     install_error_handlers(app, retry_after_s=settings.retry_after_s)
     app.include_router(public)
@@ -136,17 +146,25 @@ def create_app(
     # Added last = outermost: request ids and access logs cover CORS answers and 413 refusals too.
     # The long-recording routes stream their uploads to disk under their own limits.
     app.add_middleware(
-        BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes, exempt=("/v1/timeline", "/v1/jobs")
+        BodyGuardMiddleware,
+        max_bytes=settings.max_upload_bytes,
+        budget=ByteBudget(settings.body_budget_bytes),
+        body_timeout_s=settings.body_timeout_s,
+        min_rate=settings.min_upload_rate,
+        retry_after_s=settings.retry_after_s,
+        exempt=("/v1/timeline", "/v1/jobs"),
     )
     if settings.cors_origins:
         app.add_middleware(
-            CORSMiddleware,
+            JsonCORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Content-Type", "X-API-Key", REQUEST_ID_HEADER],
             expose_headers=[REQUEST_ID_HEADER, "Retry-After"],
         )
-    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    app.add_middleware(
+        RequestContextMiddleware, metrics=metrics, drain=drain, retry_after_s=settings.retry_after_s
+    )
 
     mount_docs(app)
     mount_web = _web_mounter()

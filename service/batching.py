@@ -329,6 +329,7 @@ class MicroBatcher:
         self.stats.skipped_cancelled += len(batch) - len(live)
         if not live:
             return
+        log.debug("starting a batch of %d", len(live))
         start = time.perf_counter()
         try:
             predictions = self._predict_batch([item.waveform for item in live])
@@ -351,6 +352,7 @@ class MicroBatcher:
             item.future.set_result(BatchedPrediction(prediction, start - item.enqueued, elapsed, len(live)))
 
     def _run_single(self, item: _Item) -> None:
+        log.debug("starting a batch of 1")
         start = time.perf_counter()
         try:
             prediction = self._predict_batch([item.waveform])[0]

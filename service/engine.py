@@ -33,6 +33,7 @@ from service.sessions import SessionStore
 from service.settings import ServiceSettings
 from shared.audio import AudioLimits, load_audio
 from shared.constants import SAMPLE_RATE
+from shared.errors import AudioNoSpeechError
 from shared.predictor import ModelDescription, Prediction, Predictor
 from shared.session import SessionStats
 from shared.timeline import TimelineAnalyzer
@@ -52,6 +53,14 @@ def load_predictor(settings: ServiceSettings, bundle_dir: Path) -> Predictor:
         BundleError: the bundle is refused; BackboneError: the encoder cannot be loaded.
     """
     return Predictor.from_bundle(bundle_dir, settings.encoder_options())
+
+
+def public_model_name(model: object) -> str:
+    """A hub id as it is; a local folder by its last part only (the metrics never show server paths)."""
+    text = str(model)
+    if text.startswith(("/", "~", ".")) or "\\" in text or Path(text).is_absolute():
+        return Path(text).name
+    return text
 
 
 @dataclass(frozen=True)
@@ -146,6 +155,7 @@ class InferenceEngine:
         self.load_seconds: float | None = None
         self.sessions: SessionStore | None = None
         self.analyzer: TimelineAnalyzer | None = None
+        self.detector: SpeechDetector | None = None
         self._decode_pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     # -- life cycle -----------------------------------------------------------------------------
@@ -202,6 +212,7 @@ class InferenceEngine:
             predictor, options, detector, run_model=lambda fn: batcher.run_task(fn).result()
         )
         self.predictor = predictor
+        self.detector = detector
         description = self.description = predictor.describe()
         self.batcher = batcher
         sessions = self.sessions = SessionStore(
@@ -220,7 +231,7 @@ class InferenceEngine:
                 "name": description.name,
                 "version": description.version,
                 "backbone": str(description.backbone.get("kind")),
-                "backbone_model": str(description.backbone.get("model")),
+                "backbone_model": public_model_name(description.backbone.get("model")),
                 "dtype": description.serving_dtype,
             }
         )
@@ -254,6 +265,14 @@ class InferenceEngine:
         self.state = "stopped"
         log.info("stopped")
 
+    @property
+    def public_error(self) -> str | None:
+        """What went wrong at loading, for clients: the kind of error, without its message (which may
+        name files on the server; the log has it)."""
+        if self.error is None:
+            return None
+        return self.error.split(":", 1)[0]
+
     # -- serving ---------------------------------------------------------------------------------
 
     def check_ready(self) -> None:
@@ -262,14 +281,14 @@ class InferenceEngine:
             return
         if self.state == "failed":
             raise ModelFailedError(
-                f"the model failed to load ({self.error}); this will not pass by retrying: fix the bundle or "
-                "the encoder (see the service logs) and restart the service"
+                f"the model failed to load ({self.public_error}); this will not pass by retrying: fix the "
+                "bundle or the encoder (the service log has the detail) and restart the service"
             )
         if self.state in ("stopping", "stopped"):
             raise NotReadyError("the service is shutting down; retry on another instance")
         raise NotReadyError(f"the model is not ready yet ({self.state.replace('_', ' ')}); retry shortly")
 
-    def _admit(self, n: int) -> Reservation:
+    def admit(self, n: int) -> Reservation:
         """Admit ``n`` utterances before decoding any, or refuse them all (one capacity check).
 
         Raises:
@@ -279,16 +298,37 @@ class InferenceEngine:
         assert self.batcher is not None
         return self.batcher.reserve(n)
 
+    def check_capacity(self, n: int = 1) -> None:
+        """Raise now if ``n`` more utterances would not be admitted (nothing is reserved).
+
+        Raises:
+            NotReadyError, ModelFailedError, OverloadedError.
+        """
+        self.check_ready()
+        assert self.batcher is not None
+        self.batcher.check_capacity(n)
+
     async def decode(self, data: bytes) -> np.ndarray:
         """Decode and check an upload on the decode pool: float32 ``[n_samples]`` at 16 kHz.
 
         Raises:
-            AudioError (and subclasses): see ``shared.audio.load_audio``.
+            AudioError (and subclasses): see ``shared.audio.load_audio``; AudioNoSpeechError where
+                ``require_speech`` is set and Silero VAD finds no speech.
         """
         assert self._decode_pool is not None, "the engine has not been started"
         context = contextvars.copy_context()
-        call = functools.partial(context.run, load_audio, data, self.limits)
+        call = functools.partial(context.run, self._load_speech, data)
         return await asyncio.get_running_loop().run_in_executor(self._decode_pool, call)
+
+    def _load_speech(self, data: bytes) -> np.ndarray:
+        waveform = load_audio(data, self.limits)
+        detector = self.detector
+        if self.settings.require_speech and detector is not None and not detector.detect([waveform]):
+            raise AudioNoSpeechError(
+                "no speech found: the voice-activity detector hears none in this audio (a tone, noise or "
+                "music is not classified); send a recording of someone speaking"
+            )
+        return waveform
 
     async def predict_bytes(self, data: bytes, session: SessionRequest | None = None) -> Served:
         """Decode one upload and predict it (a request of one: ``predict_many``'s path).
@@ -322,11 +362,9 @@ class InferenceEngine:
             NotReadyError, OverloadedError: the request as a whole is refused (also when the service
                 stops while the session's statistics are applied).
         """
-        with self._admit(len(uploads)) as reservation:
+        with self.admit(len(uploads)) as slots:
             outcomes: list[Served | BaseException] = list(
-                await asyncio.gather(
-                    *(self._serve(reservation, data) for data in uploads), return_exceptions=True
-                )
+                await asyncio.gather(*(self._serve(slots, data) for data in uploads), return_exceptions=True)
             )
         if session is None:
             return outcomes

@@ -9,12 +9,14 @@ of a known error gets its parent's status until it has its own row.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from shared.errors import SERError
 
@@ -69,6 +71,13 @@ class PayloadTooLargeError(ServiceError):
     error_type = "payload_too_large"
 
 
+class BodyTimeoutError(ServiceError):
+    """The request body stopped arriving, or arrived too slowly (``SER_BODY_TIMEOUT_S``,
+    ``SER_MIN_UPLOAD_RATE``)."""
+
+    error_type = "body_timeout"
+
+
 class UnauthorizedError(ServiceError):
     """API keys are configured and the request has none of them."""
 
@@ -76,9 +85,23 @@ class UnauthorizedError(ServiceError):
 
 
 class RetryableError(ServiceError):
-    """A refusal the client should retry later; the reply carries ``Retry-After``."""
+    """A refusal the client should retry later; the reply carries ``Retry-After``.
+
+    Attributes:
+        retry_after_s: the seconds to send, where this refusal knows them (else the service's setting).
+    """
 
     error_type = "retryable"
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class TooManyAuthFailuresError(RetryableError):
+    """This client address offered too many wrong API keys; it must wait before trying again."""
+
+    error_type = "too_many_auth_failures"
 
 
 class NotReadyError(RetryableError):
@@ -119,6 +142,7 @@ ERROR_STATUS: dict[str, int] = {
     "audio_too_short": 422,
     "audio_too_long": 422,
     "audio_silent": 422,
+    "audio_no_speech": 422,
     "audio_error": 422,
     # request shape
     "invalid_request": 422,
@@ -127,7 +151,9 @@ ERROR_STATUS: dict[str, int] = {
     "too_many_files": 422,
     "unsupported_media_type": 415,
     "payload_too_large": 413,
+    "body_timeout": 408,
     "unauthorized": 401,
+    "too_many_auth_failures": 429,
     "not_found": 404,
     "method_not_allowed": 405,
     # capacity and state (sent with Retry-After)
@@ -136,6 +162,11 @@ ERROR_STATUS: dict[str, int] = {
     "overloaded": 503,
     "timeout": 503,
     "retryable": 503,
+    "shutting_down": 503,
+    # protocol level, answered by the server before the app (service.server)
+    "invalid_http": 400,
+    "cors_refused": 400,
+    "header_timeout": 408,
     # nobody reads this reply; 499 is the de-facto code for "client closed request"
     "client_disconnected": 499,
     # server side: the bundle or the encoder failed, or a bug
@@ -148,6 +179,7 @@ ERROR_STATUS: dict[str, int] = {
 
 _HTTP_STATUS_TYPES = {
     400: "invalid_request",
+    408: "body_timeout",
     401: "unauthorized",
     404: "not_found",
     405: "method_not_allowed",
@@ -196,7 +228,10 @@ def error_response(exc: BaseException, *, retry_after_s: int = 1, where: str = "
     """The JSON reply for an exception (``render_error``); retryable ones carry ``Retry-After``."""
     headers = None
     if isinstance(exc, RetryableError):
-        headers = {"Retry-After": str(retry_after_s)}
+        seconds = retry_after_s if exc.retry_after_s is None else max(1, math.ceil(exc.retry_after_s))
+        headers = {"Retry-After": str(seconds)}
+    elif isinstance(exc, BodyTimeoutError):
+        headers = {"Connection": "close"}
     elif isinstance(exc, UnauthorizedError):
         headers = {"WWW-Authenticate": 'ApiKey header="X-API-Key"'}
     status, body = render_error(exc, where)
@@ -233,6 +268,12 @@ def install_error_handlers(app: FastAPI, *, retry_after_s: int = 1) -> None:
             error_body(describe_validation_error(list(exc.errors())), "invalid_request"), status_code=422
         )
 
+    async def on_client_disconnect(request: Request, exc: Exception) -> JSONResponse:
+        # Nobody reads this reply; the status (499) is what the metrics and the access log record.
+        gone = ClientDisconnectedError("the client closed the connection while sending its request")
+        return error_response(gone, retry_after_s=retry_after_s)
+
+    app.add_exception_handler(ClientDisconnect, on_client_disconnect)
     app.add_exception_handler(SERError, on_error)
     app.add_exception_handler(StarletteHTTPException, on_http_exception)
     app.add_exception_handler(RequestValidationError, on_validation_error)

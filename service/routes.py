@@ -7,7 +7,7 @@ import base64
 import binascii
 import hashlib
 import logging
-import secrets
+import re
 from collections.abc import Awaitable
 from typing import Annotated, Any, TypeVar
 
@@ -19,6 +19,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from service.auth import authorize
 from service.bundles import demo_notice
 from service.engine import InferenceEngine, Served, SessionRequest
 from service.errors import (
@@ -28,7 +29,6 @@ from service.errors import (
     InvalidSessionIdError,
     NotFoundError,
     TooManyFilesError,
-    UnauthorizedError,
     UnsupportedMediaTypeError,
     describe_validation_error,
     render_error,
@@ -82,20 +82,66 @@ api_key_header = APIKeyHeader(
 )
 
 
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "-"
+
+
 async def require_api_key(request: Request, key: Annotated[str | None, Security(api_key_header)]) -> None:
-    """Pass when no keys are configured or the X-API-Key header holds one of them; else 401."""
-    keys: list[str] = request.app.state.settings.api_keys
-    if not keys:
-        return
-    # Compare against every key in constant time, so timing reveals nothing about them.
-    offered = (key or "").encode()
-    matched = False
-    for candidate in keys:
-        matched |= secrets.compare_digest(offered, candidate.encode())
-    if not matched:
-        raise UnauthorizedError(
-            "a valid API key is required in the X-API-Key header" if key else "missing X-API-Key header"
-        )
+    """Pass when no keys are configured or the X-API-Key header holds one of them; else 401 (429 for an
+    address that sent too many wrong keys)."""
+    authorize(
+        key, request.app.state.settings.api_keys, client_address(request), request.app.state.auth_throttle
+    )
+
+
+async def require_metrics_access(
+    request: Request, key: Annotated[str | None, Security(api_key_header)]
+) -> None:
+    """``/metrics`` follows the API keys unless ``SER_METRICS_PUBLIC`` says otherwise."""
+    if not request.app.state.settings.metrics_open:
+        await require_api_key(request, key)
+
+
+HIDDEN_PATH = "(hidden: filesystem paths are shown only to clients with an API key)"
+_PATH_KEYS = frozenset(
+    {
+        "path",
+        "bundle",
+        "artifacts",
+        "cache_dir",
+        "onnx_cache",
+        "onnx_cache_dir",
+        "jobs_dir",
+        "backbone_model",
+        "model_override",
+        "data_root",
+        "root",
+        "manifest",
+        "metadata",
+    }
+)
+_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
+
+
+def _looks_like_path(value: str) -> bool:
+    return value.startswith(("/", "~", "./", "../", "\\")) or bool(_DRIVE.match(value))
+
+
+def without_paths(value: Any, key: str = "") -> Any:
+    """``value`` (JSON-like) with every filesystem path replaced by ``HIDDEN_PATH``: strings under a
+    path-valued key, and any string that looks like an absolute or relative path."""
+    if isinstance(value, dict):
+        return {k: without_paths(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_paths(v, key) for v in value]
+    if isinstance(value, str) and (key in _PATH_KEYS or _looks_like_path(value)):
+        return HIDDEN_PATH
+    return value
+
+
+def shows_paths(request: Request) -> bool:
+    """Filesystem paths are shown only to a client that has passed an API key check."""
+    return bool(request.app.state.settings.api_keys)
 
 
 # --- OpenAPI documentation ------------------------------------------------------------------------
@@ -149,7 +195,8 @@ PREDICT_ERRORS: dict[int | str, dict[str, Any]] = {
     413: _err("payload_too_large: the request body is over max_upload_bytes."),
     415: _err("unsupported_format (not audio, or an unsupported format) or unsupported_media_type."),
     422: _err(
-        "audio_too_short, audio_too_long, audio_silent, audio_decode_error (corrupt or empty), "
+        "audio_too_short, audio_too_long, audio_silent, audio_no_speech (the voice-activity detector hears "
+        "none), audio_decode_error (corrupt or empty), "
         "invalid_request (missing 'file', malformed body), invalid_base64 or invalid_session_id."
     ),
     500: _err("internal_error."),
@@ -193,15 +240,45 @@ def decode_base64_audio(text: str) -> bytes:
                 "audio_base64 is a data: URL without ';base64,'; send the file's bytes in base64"
             )
         text = rest
-    compact = "".join(text.split())
+    # A large upload is one long string: copies of it are made only where the text needs them.
+    compact = "".join(text.split()) if _WHITESPACE.search(text) else text
     try:
         if "-" in compact or "_" in compact:
             return base64.b64decode(compact, altchars=b"-_", validate=True)
-        return base64.b64decode(compact, validate=True)
+        return binascii.a2b_base64(compact, strict_mode=True)  # reads the ASCII text in place
     except (binascii.Error, ValueError) as exc:
         raise InvalidBase64Error(
             f"audio_base64 is not valid base64 ({exc}); send the file's bytes in base64"
         ) from exc
+
+
+_WHITESPACE = re.compile(r"\s")
+
+
+async def read_body(request: Request) -> bytearray:
+    """The whole request body, in one buffer sized by ``Content-Length`` where it is given (reading
+    chunk by chunk, without the list of chunks and the joined copy ``Request.body`` makes)."""
+    declared = request.headers.get("content-length", "")
+    buffer = bytearray()
+    if declared.isdigit():
+        buffer = bytearray(int(declared))
+        view, filled = memoryview(buffer), 0
+        async for chunk in request.stream():
+            end = filled + len(chunk)
+            if end > len(buffer):  # more than declared: h11 refuses that, but keep it correct
+                view.release()
+                del buffer[filled:]
+                buffer += chunk
+                view, filled = memoryview(buffer), len(buffer)
+                continue
+            view[filled:end] = chunk
+            filled = end
+        view.release()
+        del buffer[filled:]
+        return buffer
+    async for chunk in request.stream():
+        buffer += chunk
+    return buffer
 
 
 async def read_single_audio(request: Request) -> tuple[bytes, str | None]:
@@ -223,15 +300,16 @@ async def read_single_audio(request: Request) -> tuple[bytes, str | None]:
         finally:
             await form.close()
     if media == "application/json" or media.endswith("+json"):
-        body = await request.body()
+        body = await read_body(request)
         try:
             payload = Base64AudioRequest.model_validate_json(body)
         except ValidationError as exc:
             raise InvalidRequestError(describe_validation_error(list(exc.errors()))) from exc
+        del body
         return decode_base64_audio(payload.audio_base64), payload.filename
     if media.startswith("audio/") or media == "application/octet-stream":
-        return await request.body(), None
-    body = await request.body()
+        return bytes(await read_body(request)), None
+    body = await read_body(request)
     if not body:
         raise InvalidRequestError(f"the request body is empty; {HOW_TO_SEND}")
     what = f"Content-Type {media!r}" if media else "a request without Content-Type"
@@ -273,6 +351,11 @@ async def _wait_for_disconnect(request: Request) -> None:
         pass
 
 
+def _observe(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     """Await ``work``, but cancel it (so queued utterances are skipped) if the client goes away."""
     task = asyncio.ensure_future(work)
@@ -283,6 +366,7 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
         watcher.cancel()
         if not task.done():
             task.cancel()
+            task.add_done_callback(_observe)  # its outcome is nobody's now: retrieve it, so nothing is left
     if task.done() and not task.cancelled():
         return task.result()
     raise ClientDisconnectedError("the client closed the connection before its result was ready")
@@ -378,7 +462,9 @@ async def _predict_one(
 ) -> PredictionResponse:
     try:
         session = session_of(request)
-        engine.check_ready()  # refuse before reading the body
+        # A full queue refuses before the body is read; the utterance is admitted before it is decoded
+        # (a slot is not held while a slow client sends its body).
+        engine.check_capacity(1)
         data, filename = await read_single_audio(request)
         served = await unless_disconnected(request, engine.predict_bytes(data, session))
     except SERError as exc:
@@ -466,7 +552,7 @@ async def predict_batch(
     request_id = request_id_of(request)
     try:
         grouping = session_of(request, whole_request=session)
-        engine.check_ready()
+        engine.check_capacity(1)  # as for one file; the whole batch is admitted (or refused) before decoding
         files = await read_batch_audio(request, engine.settings.max_batch_files)
         outcomes = await unless_disconnected(
             request, engine.predict_many([data for data, _ in files], session=grouping)
@@ -527,7 +613,7 @@ async def health(engine: EngineDep) -> HealthResponse:
     """Always 200 while the process runs; `model_state` says where loading stands, and `status` is
     `failed` (with the `error`) when the model could not be loaded."""
     if engine.state == "failed":
-        return HealthResponse(status="failed", model_state=engine.state, error=engine.error)
+        return HealthResponse(status="failed", model_state=engine.state, error=engine.public_error)
     return HealthResponse(model_state=engine.state)
 
 
@@ -558,9 +644,15 @@ async def ready(engine: EngineDep) -> ReadyResponse:
     tags=["operations"],
 )
 async def info(request: Request, engine: EngineDep) -> InfoResponse:
+    """Filesystem paths (the bundle's folder, the training data's root, path settings) are shown only
+    where API keys are configured, to clients that passed them."""
     from service import __version__
 
     description = engine.description.to_dict() if engine.description else {}
+    settings = engine.settings.public_dict()
+    encoder = engine.settings.encoder_options().to_dict()
+    if not shows_paths(request):
+        description, settings, encoder = (without_paths(part) for part in (description, settings, encoder))
     return InfoResponse(
         service_version=__version__,
         model_state=engine.state,
@@ -569,8 +661,8 @@ async def info(request: Request, engine: EngineDep) -> InfoResponse:
         bundle={k: v for k, v in description.items() if k not in ("labels", "metrics")},
         metrics=description.get("metrics", {}),
         load_seconds=engine.load_seconds,
-        settings=engine.settings.public_dict(),
-        encoder=engine.settings.encoder_options().to_dict(),
+        settings=settings,
+        encoder=encoder,
         accepted_formats=SUPPORTED_FORMATS,
         demo=is_demo_bundle(engine.bundle_dir),
         notice=demo_notice(engine.bundle_dir),
@@ -579,11 +671,12 @@ async def info(request: Request, engine: EngineDep) -> InfoResponse:
 
 @public.get(
     "/metrics",
+    dependencies=[Depends(require_metrics_access)],
     response_class=Response,
     responses={
         200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}, "description": "Prometheus text format."}
     },
-    summary="Prometheus metrics",
+    summary="Prometheus metrics (needs an API key where keys are set, unless SER_METRICS_PUBLIC)",
     tags=["operations"],
 )
 async def metrics_endpoint(metrics: MetricsDep) -> Response:

@@ -26,6 +26,28 @@ def _default_worker_threads() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
+def available_memory_bytes() -> int | None:
+    """The memory this process may use: the cgroup's limit where one is set, else the machine's."""
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit_file).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 1 << 60:
+            return int(text)
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (OSError, ValueError):
+        return None
+
+
+def _default_body_budget() -> int:
+    # A request holds about two to three times its body while it is parsed and decoded: 1/64 of the
+    # memory, between 32 and 128 MiB, keeps a burst of the largest bodies to a few hundred MB.
+    memory = available_memory_bytes() or 8 * 1024 * MIB
+    return int(min(128 * MIB, max(32 * MIB, memory // 64)))
+
+
 class ServiceSettings(BaseSettings):
     """Settings of the inference service (environment prefix ``SER_``)."""
 
@@ -113,7 +135,64 @@ class ServiceSettings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="When set (comma-separated), every /v1 route and /emotion_predict need one of these in "
-        "the X-API-Key header, else 401.",
+        "the X-API-Key header, else 401; so does /metrics, unless SER_METRICS_PUBLIC. Keys shorter than 16 "
+        "characters are warned about at start.",
+    )
+    auth_max_failures: int = Field(
+        default=10,
+        ge=1,
+        description="Wrong or missing API keys one client address may send within SER_AUTH_LOCKOUT_S; past "
+        "it, its requests get 429 with Retry-After until the period ends.",
+    )
+    auth_lockout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="The period, in seconds, over which failed API keys are counted, and how long a client "
+        "address that sent too many is refused.",
+    )
+    metrics_public: bool | None = Field(
+        default=None,
+        description="Whether GET /metrics answers without an API key; unset: only when no API keys are set.",
+    )
+
+    # --- connections -------------------------------------------------------------------------
+    max_connections: int = Field(
+        default=512,
+        ge=1,
+        description="Most open client connections; a new one beyond it gets 503 overloaded (with "
+        "Retry-After) and is closed. Keep it below the process's file-descriptor limit.",
+    )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds a connection has to send a whole request head, from its opening or the end of "
+        "its previous response; past it, 408 header_timeout and the connection is closed.",
+    )
+    body_timeout_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="Longest pause, in seconds, between two chunks of a request body, and the start-up "
+        "allowance before SER_MIN_UPLOAD_RATE applies; a body that stalls gets 408 body_timeout.",
+    )
+    min_upload_rate: float = Field(
+        default=4096.0,
+        gt=0,
+        description="Slowest average rate a request body may arrive at, in bytes/s, after its first "
+        "SER_BODY_TIMEOUT_S seconds; slower gets 408 body_timeout.",
+    )
+    keep_alive_timeout_s: int = Field(
+        default=5, ge=1, description="Seconds an idle keep-alive connection is kept open."
+    )
+    max_header_bytes: int = Field(
+        default=16384, ge=1024, description="Largest request head (request line and headers), in bytes."
+    )
+    body_budget_bytes: int = Field(
+        default_factory=_default_body_budget,
+        ge=1,
+        description="Most bytes of request bodies held by all requests together (the long-recording routes "
+        "stream to disk and are not counted). A body that does not fit gets 503 overloaded with Retry-After "
+        "before it is read. Default: 1/64 of the memory (the cgroup limit where set), between 32 and 128 "
+        "MiB; at least SER_MAX_UPLOAD_BYTES.",
     )
 
     # --- limits ------------------------------------------------------------------------------
@@ -136,7 +215,13 @@ class ServiceSettings(BaseSettings):
     silence_dbfs: float = Field(
         default=DEFAULT_SILENCE_DBFS,
         le=0,
-        description="An utterance whose peak stays below this level (dBFS) is refused as silent (422).",
+        description="An utterance none of whose 20 ms frames (its constant offset removed) is louder than "
+        "this level (dBFS, root mean square) is refused as silent (422 audio_silent).",
+    )
+    require_speech: bool = Field(
+        default=True,
+        description="Refuse an utterance in which the voice-activity detector (Silero VAD, SER_VAD_*) finds "
+        "no speech (422 audio_no_speech), instead of classifying it.",
     )
     max_batch_files: int = Field(
         default=16, ge=1, description="Most files one POST /v1/predict/batch request may carry."
@@ -323,7 +408,19 @@ class ServiceSettings(BaseSettings):
             raise ValueError(
                 f"min_seconds ({self.min_seconds}) must be below max_seconds ({self.max_seconds})"
             )
+        if "body_budget_bytes" not in self.model_fields_set:
+            self.body_budget_bytes = max(self.body_budget_bytes, self.max_upload_bytes)
+        elif self.body_budget_bytes < self.max_upload_bytes:
+            raise ValueError(
+                f"body_budget_bytes ({self.body_budget_bytes}) must be at least max_upload_bytes "
+                f"({self.max_upload_bytes}), or the largest accepted request could never be read"
+            )
         return self
+
+    @property
+    def metrics_open(self) -> bool:
+        """True when ``GET /metrics`` answers without an API key."""
+        return not self.api_keys if self.metrics_public is None else self.metrics_public
 
     def timeline_options(self) -> TimelineOptions:
         """How recordings are cut into windows and speech regions, as these settings say."""

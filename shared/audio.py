@@ -42,6 +42,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,7 +147,8 @@ class AudioLimits:
     Attributes:
         min_seconds: shortest accepted duration (s).
         max_seconds: longest accepted duration (s); decoding stops once it is passed.
-        silence_dbfs: a clip whose peak level (dBFS, 0 = full scale) stays below this is silent.
+        silence_dbfs: a clip none of whose 20 ms frames is louder than this (dBFS RMS, 0 = a full-scale
+            square wave; its constant offset removed) is silent.
     """
 
     min_seconds: float = DEFAULT_MIN_SECONDS
@@ -378,6 +380,8 @@ class _Decoding:
             raise UnsupportedAudioFormatError(
                 f"{where}this is {kind.removeprefix('not-audio:')}, not audio; accepted: {SUPPORTED_FORMATS}"
             )
+        if kind == "wav":
+            _check_wav_header(head, where)
         return cls(kind, where, open_input)
 
     def runs(self, max_seconds: float | None) -> Iterator[tuple[int, np.ndarray]]:
@@ -420,7 +424,7 @@ def check_waveform(waveform: np.ndarray, limits: AudioLimits, *, sample_rate: in
     Raises:
         AudioTooShortError: shorter than ``limits.min_seconds``.
         AudioTooLongError: longer than ``limits.max_seconds``.
-        AudioSilentError: peak level below ``limits.silence_dbfs``.
+        AudioSilentError: no 20 ms frame louder than ``limits.silence_dbfs`` (``loudest_frame_dbfs``).
         ValueError: ``waveform`` is not one-dimensional.
     """
     if waveform.ndim != 1:
@@ -430,12 +434,29 @@ def check_waveform(waveform: np.ndarray, limits: AudioLimits, *, sample_rate: in
         raise AudioTooShortError(f"audio is {seconds:.2f} s long; the minimum is {limits.min_seconds:.2f} s")
     if seconds > limits.max_seconds:
         raise AudioTooLongError(f"audio is {seconds:.2f} s long; the maximum is {limits.max_seconds:.2f} s")
-    peak = float(np.max(np.abs(waveform))) if waveform.size else 0.0
-    if not peak > 10.0 ** (limits.silence_dbfs / 20.0):
-        peak_dbfs = 20.0 * math.log10(peak) if peak > 0 else -math.inf
+    loudest = loudest_frame_dbfs(waveform, sample_rate)
+    if not loudest > limits.silence_dbfs:
         raise AudioSilentError(
-            f"audio is silent (peak {peak_dbfs:.1f} dBFS; needs a peak above {limits.silence_dbfs:g} dBFS)"
+            f"audio is silent (its loudest 20 ms is {loudest:.1f} dBFS once its constant offset is removed; "
+            f"needs a frame above {limits.silence_dbfs:g} dBFS)"
         )
+
+
+#: Frame length of the silence check, in seconds.
+SILENCE_FRAME_SECONDS = 0.02
+
+
+def loudest_frame_dbfs(waveform: np.ndarray, sample_rate: int = SAMPLE_RATE) -> float:
+    """The level of the loudest 20 ms frame of ``waveform`` (root mean square, dBFS; -inf for none), its
+    constant offset removed first: a DC offset or a single click is not signal."""
+    if waveform.size == 0:
+        return -math.inf
+    frame = max(1, int(SILENCE_FRAME_SECONDS * sample_rate))
+    centred = waveform.astype(np.float32, copy=False) - np.float32(waveform.mean(dtype=np.float64))
+    whole = centred.shape[0] // frame * frame
+    frames = centred[:whole].reshape(-1, frame) if whole else centred[None, :]
+    power = float(np.max(np.mean(np.square(frames, dtype=np.float32), axis=1)))
+    return 10.0 * math.log10(power) if power > 0 else -math.inf
 
 
 def load_audio(
@@ -455,6 +476,47 @@ def load_audio(
 
 
 # --- sniffing ----------------------------------------------------------------------------------
+
+
+def _check_wav_header(head: bytes, where: str) -> None:
+    """Name the field of a RIFF/WAVE ``fmt `` chunk that no decoder could use (zero or absurd).
+
+    Raises:
+        AudioDecodeError: the channel count, sample rate, block size or bits per sample is impossible.
+    """
+    if head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
+        return
+    order = "<" if head[:4] == b"RIFF" else ">"
+    pos = 12
+    while pos + 8 <= len(head):
+        chunk_id = head[pos : pos + 4]
+        (size,) = struct.unpack(order + "I", head[pos + 4 : pos + 8])
+        if chunk_id == b"fmt ":
+            if size < 16 or pos + 24 > len(head):
+                break
+            channels, rate, _, block_align, bits = struct.unpack(order + "HIIHH", head[pos + 10 : pos + 24])
+            problems = []
+            if channels == 0:
+                problems.append("0 channels (needs 1 or more)")
+            elif channels > 64:
+                problems.append(f"{channels} channels (at most 64 are accepted)")
+            if rate == 0:
+                problems.append("a sample rate of 0 Hz")
+            elif rate > 768_000:
+                problems.append(f"a sample rate of {rate} Hz (at most 768000 Hz)")
+            if bits == 0:
+                problems.append("0 bits per sample")
+            elif bits > 64:
+                problems.append(f"{bits} bits per sample (at most 64)")
+            if block_align == 0:
+                problems.append("a block size (block align) of 0 bytes")
+            if problems:
+                raise AudioDecodeError(
+                    f"{where}corrupt WAV header: its fmt chunk says {', '.join(problems)}; "
+                    f"accepted: {SUPPORTED_FORMATS}"
+                )
+            return
+        pos += 8 + size + (size & 1)
 
 
 def _sniff(head: bytes) -> str:

@@ -57,6 +57,12 @@ class AudioSilentError(AudioError):
     error_type = "audio_silent"
 
 
+class AudioNoSpeechError(AudioError):
+    """The utterance has signal, but the voice-activity detector finds no speech in it."""
+
+    error_type = "audio_no_speech"
+
+
 # --- model bundle ------------------------------------------------------------------------------
 
 

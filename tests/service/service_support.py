@@ -14,11 +14,11 @@ import av
 import numpy as np
 import pytest
 import soundfile as sf
-import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from service.engine import load_predictor
+from service.server import build_server
 from service.settings import ServiceSettings
 from shared.constants import EMOTIONS, SAMPLE_RATE
 from shared.predictor import Prediction, Predictor
@@ -132,20 +132,12 @@ def free_port() -> int:
 
 
 class ServerThread:
-    """A real uvicorn server on 127.0.0.1 in a background thread (no signal handlers)."""
+    """The service's real server (``service.server``) on 127.0.0.1 in a background thread (no signal handlers)."""
 
     def __init__(self, app: FastAPI, *, graceful_timeout: float = 30.0) -> None:
         self.port = free_port()
-        config = uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=self.port,
-            log_config=None,
-            access_log=False,
-            timeout_graceful_shutdown=graceful_timeout,
-            lifespan="on",
-        )
-        self.server = uvicorn.Server(config)
+        settings = app.state.settings.model_copy(update={"shutdown_timeout_s": graceful_timeout})
+        self.server = build_server(app, settings, host="127.0.0.1", port=self.port)
         self.thread = threading.Thread(target=self.server.run, name="uvicorn-test", daemon=True)
         self.url = f"http://127.0.0.1:{self.port}"
 
