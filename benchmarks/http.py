@@ -313,10 +313,10 @@ def serve(argv: list[str]) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
-    import uvicorn
 
     from service.app import create_app
     from service.memory import keep_freed_memory
+    from service.server import build_server
     from service.settings import ServiceSettings
 
     variant = Variant.parse(args.variant)
@@ -337,5 +337,5 @@ def serve(argv: list[str]) -> int:
     if settings.keep_freed_memory:
         keep_freed_memory()  # as python -m service does, before any thread starts
     app = create_app(settings)
-    uvicorn.run(app, host="127.0.0.1", port=args.port, log_config=None, log_level="warning", access_log=False)
+    build_server(app, settings, host="127.0.0.1").run()  # the service's own server, as python -m service
     return 0

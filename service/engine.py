@@ -17,6 +17,7 @@ import contextvars
 import dataclasses
 import functools
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -53,6 +54,14 @@ def load_predictor(settings: ServiceSettings, bundle_dir: Path) -> Predictor:
         BundleError: the bundle is refused; BackboneError: the encoder cannot be loaded.
     """
     return Predictor.from_bundle(bundle_dir, settings.encoder_options())
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~])(?:~|\.{1,2})?(?:/[^\s:;,'\"()\[\]]+)+/?")
+
+
+def scrub_paths(text: str) -> str:
+    """``text`` with absolute (and ``~``, ``./``) filesystem paths replaced by ``<path>``."""
+    return _ABSOLUTE_PATH.sub("<path>", text)
 
 
 def public_model_name(model: object) -> str:
@@ -267,11 +276,9 @@ class InferenceEngine:
 
     @property
     def public_error(self) -> str | None:
-        """What went wrong at loading, for clients: the kind of error, without its message (which may
-        name files on the server; the log has it)."""
-        if self.error is None:
-            return None
-        return self.error.split(":", 1)[0]
+        """What went wrong at loading, for clients: the error with the server's file paths taken out
+        (the log has them)."""
+        return None if self.error is None else scrub_paths(self.error)
 
     # -- serving ---------------------------------------------------------------------------------
 

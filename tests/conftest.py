@@ -15,18 +15,15 @@ logging.getLogger("transformers").setLevel(logging.ERROR)
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_model_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Derived model files (bf16 weight copies, ONNX exports) go to a temporary folder, not ~/.cache: for
-    the service and the tools (SER_CACHE_DIR) and for the library's default (under XDG_CACHE_HOME)."""
+    the service and the tools (SER_CACHE_DIR) and for the library's default (under XDG_CACHE_HOME).
+    Generated tones are classified (SER_REQUIRE_SPEECH=false)."""
     import os
 
     os.environ.setdefault("SER_CACHE_DIR", str(tmp_path_factory.mktemp("ser-cache")))
     os.environ.setdefault("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
-
-
-@pytest.fixture(autouse=True)
-def _generated_audio_is_classified(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Most tests send generated voiced tones, which the voice-activity detector rightly calls non-speech:
-    the service classifies them all the same here. Tests of the speech check turn it back on."""
-    monkeypatch.setenv("SER_REQUIRE_SPEECH", "false")
+    # Most tests send generated voiced tones, which the voice-activity detector rightly calls non-speech:
+    # the service classifies them all the same here; the tests of the speech check turn it back on.
+    os.environ.setdefault("SER_REQUIRE_SPEECH", "false")
 
 
 @pytest.fixture(autouse=True)

@@ -19,6 +19,7 @@ from support import synthetic_clip, wav_bytes
 
 from service.app import create_app
 from service.engine import load_predictor
+from service.routes import HIDDEN_PATH, without_paths
 from service.settings import ServiceSettings
 from shared.audio import load_audio
 from shared.errors import BundleNotFoundError
@@ -377,8 +378,10 @@ def test_api_keys_guard_the_v1_routes_and_cors_allows_the_configured_origin(
         info = client.get("/v1/info", headers={"X-API-Key": "k1"}).json()
         assert info["settings"]["api_keys_configured"] == 2
         assert "k1" not in json.dumps(info)
-        for path in ("/health", "/ready", "/metrics", "/docs", "/openapi.json"):
+        for path in ("/health", "/ready", "/docs", "/openapi.json"):
             assert client.get(path).status_code == 200, path
+        assert client.get("/metrics").status_code == 401, "the metrics follow the keys"
+        assert client.get("/metrics", headers={"X-API-Key": "k1"}).status_code == 200
 
         preflight = client.options(
             "/v1/predict",
@@ -479,10 +482,10 @@ def test_info_echoes_the_bundle_and_the_effective_settings(
     assert "api_keys" not in settings and settings["api_keys_configured"] == 0
     assert "WebM" in info["accepted_formats"]
     assert info["load_seconds"] > 0
-    # The encoder options the settings build, whole, with the cache folders resolved.
-    assert info["encoder"] == egemaps_settings.encoder_options().to_dict()
+    # The encoder options the settings build, whole; without API keys, the cache folders are not shown.
+    assert info["encoder"] == without_paths(egemaps_settings.encoder_options().to_dict())
     assert info["encoder"]["device"] == "cpu" and info["encoder"]["max_batch_size"] == 8
-    assert info["encoder"]["cache_dir"] and info["encoder"]["onnx_cache_dir"].endswith("onnx")
+    assert info["encoder"]["cache_dir"] == info["encoder"]["onnx_cache_dir"] == HIDDEN_PATH
 
 
 def _metric(text: str, line_start: str) -> float:

@@ -487,12 +487,24 @@ def test_check_waveform_too_long() -> None:
 def test_check_waveform_digital_silence() -> None:
     with pytest.raises(AudioSilentError) as info:
         check_waveform(np.zeros(3 * SAMPLE_RATE, np.float32), AudioLimits())
-    assert info.value.message == "audio is silent (peak -inf dBFS; needs a peak above -60 dBFS)"
+    assert info.value.message == (
+        "audio is silent (its loudest 20 ms is -inf dBFS once its constant offset is removed; "
+        "needs a frame above -60 dBFS)"
+    )
+
+
+def test_a_constant_offset_is_silence_and_a_click_is_not_a_voice() -> None:
+    with pytest.raises(AudioSilentError, match="-inf dBFS"):
+        check_waveform(np.full(2 * SAMPLE_RATE, 0.4, np.float32), AudioLimits())
+    click = np.zeros(2 * SAMPLE_RATE, np.float32)
+    click[1000] = 0.9  # a peak 1 dB below full scale, but one sample in 20 ms is -26 dBFS of energy
+    with pytest.raises(AudioSilentError):
+        check_waveform(click, AudioLimits(silence_dbfs=-20))
 
 
 def test_check_waveform_silence_threshold() -> None:
     tone = np.sin(2 * np.pi * 200 * np.arange(SAMPLE_RATE) / SAMPLE_RATE).astype(np.float32)
-    with pytest.raises(AudioSilentError, match=r"peak -70\.0 dBFS"):
+    with pytest.raises(AudioSilentError, match=r"loudest 20 ms is -73\.0 dBFS"):
         check_waveform(tone * 10 ** (-70 / 20), AudioLimits())
     check_waveform(tone * 10 ** (-50 / 20), AudioLimits())
     with pytest.raises(AudioSilentError):
