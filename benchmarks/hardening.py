@@ -77,7 +77,7 @@ def running_server(work: Path, env: dict[str, str], *, bundle: Path | None = Non
     """Start the service with ``env`` (SER_* settings) and wait until it is ready; stop it afterwards."""
     import httpx
 
-    from benchmarks.http import free_port
+    from benchmarks.http import free_port, stop_server
 
     port = free_port()
     log_file = work / f"server-{port}.log"
@@ -114,13 +114,7 @@ def running_server(work: Path, env: dict[str, str], *, bundle: Path | None = Non
             time.sleep(0.1)
         yield server
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_server(process)
 
 
 def clip_wav(seconds: float, seed: int = 3) -> bytes:
