@@ -120,12 +120,14 @@ import json
 import sys
 
 import httpx
-from support import synthetic_clip, wav_bytes
+from support import wav_bytes
 
 from shared.constants import EMOTIONS
+from shared.signals import speech_like
 
 url = f"http://127.0.0.1:{sys.argv[1]}/v1/predict"
-files = {"file": ("happy.wav", wav_bytes(synthetic_clip("happy")), "audio/wav")}
+# voiced enough for the speech check (SER_REQUIRE_SPEECH)
+files = {"file": ("voiced.wav", wav_bytes(speech_like(1.5, seed=3)), "audio/wav")}
 response = httpx.post(url, files=files, timeout=60, trust_env=False)
 print(response.status_code, response.text[:500])
 if response.status_code != 200:

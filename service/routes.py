@@ -192,6 +192,7 @@ def _err(description: str) -> dict[str, Any]:
 RETRY_LATER = "Not ready (loading or shutting down), overloaded (queue full) or timed out; has Retry-After."
 PREDICT_ERRORS: dict[int | str, dict[str, Any]] = {
     401: _err("unauthorized: API keys are configured and X-API-Key holds none of them."),
+    429: _err("too_many_auth_failures: this address sent too many wrong API keys; has Retry-After."),
     413: _err("payload_too_large: the request body is over max_upload_bytes."),
     415: _err("unsupported_format (not audio, or an unsupported format) or unsupported_media_type."),
     422: _err(
@@ -204,6 +205,7 @@ PREDICT_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 BATCH_ERRORS: dict[int | str, dict[str, Any]] = {
     401: PREDICT_ERRORS[401],
+    429: PREDICT_ERRORS[429],
     413: PREDICT_ERRORS[413],
     415: _err("unsupported_media_type: the request is not multipart/form-data."),
     422: _err("invalid_request (no files, malformed multipart), too_many_files or invalid_session_id."),
@@ -587,6 +589,7 @@ async def predict_batch(
     status_code=204,
     responses={
         401: PREDICT_ERRORS[401],
+        429: PREDICT_ERRORS[429],
         404: _err("not_found: no such session (or it expired)."),
         422: _err("invalid_session_id."),
     },
@@ -639,7 +642,7 @@ async def ready(engine: EngineDep) -> ReadyResponse:
 @guarded.get(
     "/v1/info",
     response_model=InfoResponse,
-    responses={401: PREDICT_ERRORS[401]},
+    responses={401: PREDICT_ERRORS[401], 429: PREDICT_ERRORS[429]},
     summary="What is served: bundle, labels, metrics and effective settings",
     tags=["operations"],
 )
@@ -674,7 +677,9 @@ async def info(request: Request, engine: EngineDep) -> InfoResponse:
     dependencies=[Depends(require_metrics_access)],
     response_class=Response,
     responses={
-        200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}, "description": "Prometheus text format."}
+        200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}, "description": "Prometheus text format."},
+        401: _err("unauthorized: API keys are set (and SER_METRICS_PUBLIC is not) and X-API-Key holds none."),
+        429: _err("too_many_auth_failures: this address sent too many wrong API keys; has Retry-After."),
     },
     summary="Prometheus metrics (needs an API key where keys are set, unless SER_METRICS_PUBLIC)",
     tags=["operations"],

@@ -62,6 +62,7 @@ def _long_body(what: str) -> dict[str, Any]:
 
 TIMELINE_ERRORS: dict[int | str, dict[str, Any]] = {
     401: PREDICT_ERRORS[401],
+    429: PREDICT_ERRORS[429],
     413: _err("payload_too_large: the upload is over SER_TIMELINE_MAX_BYTES (the message names it)."),
     415: PREDICT_ERRORS[415],
     422: _err(
@@ -73,6 +74,7 @@ TIMELINE_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 JOB_ERRORS: dict[int | str, dict[str, Any]] = {
     401: PREDICT_ERRORS[401],
+    429: PREDICT_ERRORS[429],
     413: _err("payload_too_large: the upload is over SER_JOB_MAX_BYTES (the message names it)."),
     415: PREDICT_ERRORS[415],
     422: _err("invalid_request: no 'file' field, an empty or malformed body."),
@@ -218,7 +220,11 @@ async def create_job(request: Request, engine: EngineDep) -> Response:
 @router.get(
     "/v1/jobs/{job_id}",
     response_model=JobResponse,
-    responses={401: PREDICT_ERRORS[401], 404: _err("not_found: no such job (or it expired).")},
+    responses={
+        401: PREDICT_ERRORS[401],
+        429: PREDICT_ERRORS[429],
+        404: _err("not_found: no such job (or it expired)."),
+    },
     summary="A job's state, progress and result",
     tags=["long recordings"],
 )
@@ -231,7 +237,11 @@ async def get_job(job_id: str, request: Request, engine: EngineDep) -> JobRespon
 @router.delete(
     "/v1/jobs/{job_id}",
     response_model=JobResponse,
-    responses={401: PREDICT_ERRORS[401], 404: _err("not_found: no such job (or it expired).")},
+    responses={
+        401: PREDICT_ERRORS[401],
+        429: PREDICT_ERRORS[429],
+        404: _err("not_found: no such job (or it expired)."),
+    },
     summary="Cancel a job",
     tags=["long recordings"],
 )
