@@ -37,6 +37,8 @@ from service.middleware import (
 from service.routes import guarded, public
 from service.schemas import Base64AudioRequest
 from service.settings import ServiceSettings
+from service.stream import StreamHub
+from service.stream import router as stream_router
 from service.timeline_routes import router as timeline_router
 
 log = logging.getLogger(__name__)
@@ -135,6 +137,8 @@ def create_app(
     app.state.engine = engine
     app.state.jobs = jobs
     app.state.drain = drain = Drain()
+    app.state.streams = streams = StreamHub(settings.stream_max)
+    drain.closers.append(streams.shutdown)
     app.state.auth_throttle = AuthThrottle(settings.auth_max_failures, settings.auth_lockout_s)
     warn_about_keys(settings.api_keys)
 
@@ -142,6 +146,7 @@ def create_app(
     app.include_router(public)
     app.include_router(guarded)
     app.include_router(timeline_router)
+    app.include_router(stream_router)
 
     # Added last = outermost: request ids and access logs cover CORS answers and 413 refusals too.
     # The long-recording routes stream their uploads to disk under their own limits.

@@ -394,16 +394,43 @@ class InferenceEngine:
             stats = SessionStats.of(features)
         else:
             stats = store.add(session.store_key, features)
-        context = contextvars.copy_context()
-        call = functools.partial(context.run, predictor.classify, features, stats)
-        try:
-            predictions = await asyncio.get_running_loop().run_in_executor(pool, call)
-        except RuntimeError as exc:  # the pool was shut down by stop() meanwhile
-            raise NotReadyError("the service is shutting down; retry on another instance") from exc
+        predictions = await self.classify(features, stats)
         out = list(outcomes)
         for (i, o), prediction in zip(served, predictions, strict=True):
             out[i] = dataclasses.replace(o, prediction=prediction, session=session)
         return out
+
+    async def classify(self, features: np.ndarray, stats: SessionStats | None) -> list[Prediction]:
+        """``Predictor.classify`` on the decode pool: it only reads the bundle, so it runs beside the
+        inference thread.
+
+        Raises:
+            NotReadyError: the service is stopping.
+        """
+        predictor, pool = self.predictor, self._decode_pool
+        if predictor is None or pool is None or self.state != "ready":
+            raise NotReadyError("the service is shutting down; retry on another instance")
+        context = contextvars.copy_context()
+        call = functools.partial(context.run, predictor.classify, features, stats)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(pool, call)
+        except RuntimeError as exc:  # the pool was shut down by stop() meanwhile
+            raise NotReadyError("the service is shutting down; retry on another instance") from exc
+
+    async def on_pool(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the decode pool (speech detection and decoding of live streams).
+
+        Raises:
+            NotReadyError: the service is stopping.
+        """
+        pool = self._decode_pool
+        if pool is None or self.state != "ready":
+            raise NotReadyError("the service is shutting down; retry on another instance")
+        context = contextvars.copy_context()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(pool, functools.partial(context.run, fn))
+        except RuntimeError as exc:
+            raise NotReadyError("the service is shutting down; retry on another instance") from exc
 
     async def _serve(self, reservation: Reservation, data: bytes) -> Served:
         start = time.perf_counter()

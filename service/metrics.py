@@ -80,10 +80,11 @@ class ServiceMetrics:
             registry=r,
         )
 
+        self.streams = Gauge("ser_streams", "Live streams open on /v1/stream", registry=r)
         self.jobs = Gauge("ser_jobs", "Long-recording jobs in the job store, by state", ["state"], registry=r)
         self.audio_processed = Counter(
             "ser_timeline_audio_seconds",
-            "Seconds of audio analysed into timelines, by route (timeline: POST /v1/timeline; jobs)",
+            "Seconds of audio analysed into timelines, by route (timeline: POST /v1/timeline; jobs; stream)",
             ["route"],
             registry=r,
         )

@@ -9,7 +9,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from starlette.middleware.cors import CORSMiddleware
@@ -66,6 +66,17 @@ class Drain:
         self.begun = False
         self.expired = False
         self._tasks: set[asyncio.Task[object]] = set()
+        #: Called at the start of a shutdown with the grace period, before the server closes connections:
+        #: what holds long-lived connections (live streams) ends them cleanly.
+        self.closers: list[Callable[[float], Awaitable[None]]] = []
+
+    async def close_long_lived(self, grace_s: float) -> None:
+        """Run the closers, each within ``grace_s``."""
+        for closer in self.closers:
+            try:
+                await asyncio.wait_for(closer(grace_s), max(0.0, grace_s))
+            except asyncio.TimeoutError:
+                log.warning("long-lived connections were still open at the end of the grace period")
 
     def begin(self, grace_s: float) -> None:
         """Start the grace period (call on the event loop)."""

@@ -119,6 +119,10 @@ def guarded_protocol(settings: ServiceSettings) -> type[H11Protocol]:
                 ),
             )
 
+        def handle_websocket_upgrade(self, event: h11.Request) -> None:
+            self._disarm_header_timer()  # the WebSocket has deadlines of its own
+            super().handle_websocket_upgrade(event)
+
         def handle_events(self) -> None:
             before = self.cycle
             super().handle_events()
@@ -158,6 +162,7 @@ class GuardedServer(uvicorn.Server):
 
     async def shutdown(self, sockets: Any = None) -> None:
         self.drain.begin(self.grace_s)
+        await self.drain.close_long_lived(self.grace_s)
         await super().shutdown(sockets)
 
 
@@ -175,6 +180,10 @@ def build_server(app: FastAPI, settings: ServiceSettings, **overrides: Any) -> G
         "proxy_headers": True,
         "server_header": False,
         "http": guarded_protocol(settings),
+        # live streams: the sans-I/O protocol stops reading until the app has taken each message
+        "ws": "websockets-sansio",
+        "ws_max_size": settings.stream_max_frame_bytes,
+        "ws_per_message_deflate": False,
         "lifespan": "on",
     }
     options.update(overrides)

@@ -342,6 +342,44 @@ class ServiceSettings(BaseSettings):
         description="Speech regions are split to at most this long (s), at a pause where there is one.",
     )
 
+    # --- live streams (WebSocket /v1/stream) ------------------------------------------------------
+    stream_max: int = Field(
+        default=8,
+        ge=1,
+        description="Most live streams open at once; one more is closed at once with code 1013 and the reason.",
+    )
+    stream_max_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Longest live stream, in seconds of audio; at the limit the stream gets its summary and "
+        "is closed (stream_too_long, code 1008).",
+    )
+    stream_idle_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="A stream that sends nothing (no start, no audio, no stop) for this many seconds is "
+        "closed (stream_idle, code 1008).",
+    )
+    stream_max_lead_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="How far ahead of real time a stream's audio may run, in seconds (a burst after a "
+        "network stall); further ahead, it is closed (stream_too_fast, code 1008): files go to "
+        "POST /v1/timeline or /v1/jobs.",
+    )
+    stream_max_frame_bytes: int = Field(
+        default=512 * 1024,
+        ge=1024,
+        description="Largest WebSocket message, in bytes; a larger one closes the stream with code 1009. "
+        "100 ms of 48 kHz stereo float32 is 38 KiB.",
+    )
+    stream_max_pending: int = Field(
+        default=4,
+        ge=1,
+        description="Windows of one stream waiting for the model; a window beyond it is skipped (a "
+        "window_dropped warning) rather than queued, so a stream never falls ever further behind.",
+    )
+
     # --- batching and concurrency ----------------------------------------------------------------
     max_batch_size: int = Field(default=8, ge=1, description="Most utterances the model runs in one batch.")
     max_batch_wait_ms: float = Field(

@@ -88,7 +88,7 @@ def get_jobs(request: Request) -> JobManager:
     return request.app.state.jobs  # type: ignore[no-any-return]
 
 
-def _timeline_response(
+def timeline_response(
     data: dict[str, Any],
     engine: InferenceEngine,
     *,
@@ -108,7 +108,7 @@ def _timeline_response(
 def _job_response(record: JobRecord, engine: InferenceEngine, ttl_s: float) -> JobResponse:
     result = None
     if record.result is not None:
-        result = _timeline_response(
+        result = timeline_response(
             record.result, engine, filename=record.filename, total_s=None, request_id=None
         )
     return JobResponse(
@@ -176,7 +176,7 @@ async def timeline(request: Request, engine: EngineDep, metrics: MetricsDep) -> 
         result.summary.speech_s,
         len(result.segments),
     )
-    return _timeline_response(
+    return timeline_response(
         result.to_dict(),
         engine,
         filename=filename,

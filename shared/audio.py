@@ -620,7 +620,7 @@ def _pyav_blocks(
         if weak:
             raise _not_recognised(where) from exc
         raise AudioDecodeError(
-            f"{where}corrupt or truncated {name} file ({_ffmpeg_reason(exc)}); accepted: {SUPPORTED_FORMATS}"
+            f"{where}corrupt or truncated {name} file ({ffmpeg_reason(exc)}); accepted: {SUPPORTED_FORMATS}"
         ) from exc
     with container:
         demuxer = container.format.name
@@ -648,12 +648,12 @@ def _pyav_blocks(
                     raise AudioDecodeError(f"{where}corrupt {name} file: a frame has sample rate {rate} Hz")
                 any_samples = True
                 seconds += frame.samples / rate
-                yield rate, _frame_to_mono(frame)
+                yield rate, frame_to_mono(frame)
         except av.FFmpegError as exc:
             if weak and not any_samples:
                 raise _not_recognised(where) from exc
             raise AudioDecodeError(
-                f"{where}corrupt {name} file: decoding failed after {seconds:.2f} s ({_ffmpeg_reason(exc)}); "
+                f"{where}corrupt {name} file: decoding failed after {seconds:.2f} s ({ffmpeg_reason(exc)}); "
                 f"accepted: {SUPPORTED_FORMATS}"
             ) from exc
     if not any_samples:
@@ -671,7 +671,7 @@ def _not_recognised(where: str, detail: str = "") -> UnsupportedAudioFormatError
     )
 
 
-def _frame_to_mono(frame: Any) -> np.ndarray:
+def frame_to_mono(frame: Any) -> np.ndarray:
     """One decoded ``av.AudioFrame`` as float32 ``[samples]`` in [-1, 1], channels averaged."""
     array = frame.to_ndarray()
     channels = frame.layout.nb_channels
@@ -689,7 +689,7 @@ def _frame_to_mono(frame: Any) -> np.ndarray:
     return _mean_channels(floats)
 
 
-def _ffmpeg_reason(exc: av.FFmpegError) -> str:
+def ffmpeg_reason(exc: av.FFmpegError) -> str:
     return getattr(exc, "strerror", None) or type(exc).__name__
 
 

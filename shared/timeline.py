@@ -269,7 +269,7 @@ def window_spans(
         reach = options.context_seconds
         start = region.start if lower is None else max(min(lower, region.start), region.start - reach)
         end = region.end if upper is None else min(max(upper, region.end), region.end + reach)
-        return [(_on_grid(start), _on_grid(end))]
+        return [(on_grid(start), on_grid(end))]
     spans = []
     offset = 0.0
     while offset + options.window_seconds <= length + 1e-9:
@@ -277,7 +277,7 @@ def window_spans(
         offset += options.hop_seconds
     if spans[-1][1] < region.end - 1e-9:
         spans.append((region.end - options.window_seconds, region.end))
-    return [(_on_grid(start), _on_grid(end)) for start, end in spans]
+    return [(on_grid(start), on_grid(end)) for start, end in spans]
 
 
 #: Window bounds are rounded to this grid (s): the hop of frame-level acoustic features, so that a
@@ -285,7 +285,7 @@ def window_spans(
 WINDOW_GRID_S = 0.01
 
 
-def _on_grid(t: float) -> float:
+def on_grid(t: float) -> float:
     return round(round(t / WINDOW_GRID_S) * WINDOW_GRID_S, 6)
 
 
@@ -410,12 +410,12 @@ class TimelineAnalyzer:
             stream, regions, spans, n_samples, duration, vad_share, progress, should_stop
         )
         if embeddings is None:
-            return self._empty(regions, duration, warnings)
+            return empty_timeline(self.options, self.method, regions, duration, warnings)
         stats = SessionStats.of(embeddings) if self.options.session else None
         predictions = self.run_model(lambda: self.predictor.classify(embeddings, session=stats))
         if progress is not None:
             progress(1.0, duration)
-        return self._assemble(regions, spans, predictions, duration, warnings)
+        return assemble_timeline(self.options, self.method, regions, spans, predictions, duration, warnings)
 
     # -- embeddings ------------------------------------------------------------------------------
 
@@ -514,138 +514,143 @@ class TimelineAnalyzer:
         """Embeddings ``[len(spans), d]`` of windows ``spans`` (seconds from the region's start)."""
         return self._embed_regions([(wave, spans)])
 
-    # -- assembling the result ---------------------------------------------------------------------
 
-    def _empty(self, regions: list[SpeechRegion], duration: float, warnings: list[str]) -> Timeline:
-        speech = sum(r.duration for r in regions)
-        return Timeline(
-            regions=regions,
-            windows=[],
-            segments=[],
-            summary=TimelineSummary(
-                duration_s=duration,
-                speech_s=speech,
-                classified_s=0.0,
-                emotion_seconds={e: 0.0 for e in EMOTIONS},
-                mean_probabilities={e: 0.0 for e in EMOTIONS},
-                dominant=None,
-                changes=0,
-                uncertain_s=0.0,
-            ),
-            reason=NO_SPEECH if not regions else None,
-            warnings=warnings,
-            classifier="single",
-            method=self.method,
-            options=self.options,
-        )
+def empty_timeline(
+    options: TimelineOptions, method: str, regions: list[SpeechRegion], duration: float, warnings: list[str]
+) -> Timeline:
+    """The timeline of a recording none of whose speech was classified."""
+    speech = sum(r.duration for r in regions)
+    return Timeline(
+        regions=regions,
+        windows=[],
+        segments=[],
+        summary=TimelineSummary(
+            duration_s=duration,
+            speech_s=speech,
+            classified_s=0.0,
+            emotion_seconds={e: 0.0 for e in EMOTIONS},
+            mean_probabilities={e: 0.0 for e in EMOTIONS},
+            dominant=None,
+            changes=0,
+            uncertain_s=0.0,
+        ),
+        reason=NO_SPEECH if not regions else None,
+        warnings=warnings,
+        classifier="single",
+        method=method,
+        options=options,
+    )
 
-    def _assemble(
-        self,
-        regions: list[SpeechRegion],
-        spans: list[list[tuple[float, float]]],
-        predictions: list[Prediction],
-        duration: float,
-        warnings: list[str],
-    ) -> Timeline:
-        probs = np.array([[p.probabilities[e] for e in EMOTIONS] for p in predictions])
-        windows: list[TimelineWindow] = []
-        # (start, end, row of probabilities, uncertain) of each window's stretch of time
-        cells: list[tuple[float, float, np.ndarray, bool, int]] = []
-        k = 0
-        for region, region_spans in zip(regions, spans, strict=True):
-            if not region_spans:
-                continue
-            rows = probs[k : k + len(region_spans)]
-            smoothed = _smooth(rows, self.options.smoothing)
-            centres = [(s + e) / 2 for s, e in region_spans]
-            bounds = [
-                region.start,
-                *[(a + b) / 2 for a, b in zip(centres, centres[1:], strict=False)],
-                region.end,
-            ]
-            for j, (start, end) in enumerate(region_spans):
-                p = predictions[k + j]
-                row = smoothed[j]
-                best = int(np.argmax(row))
-                windows.append(
-                    TimelineWindow(
-                        start=start,
-                        end=end,
-                        label=EMOTIONS[best],
-                        confidence=float(row[best]),
-                        probabilities={e: float(v) for e, v in zip(EMOTIONS, row, strict=True)},
-                        uncertain=p.uncertain,
-                        uncertain_reasons=p.uncertain_reasons,
-                    )
-                )
-                cells.append((bounds[j], bounds[j + 1], row, p.uncertain, len(windows) - 1))
-            k += len(region_spans)
-        segments = self._segments(cells)
-        weights = np.array([end - start for start, end, *_ in cells])
-        classified = float(weights.sum())
-        rows = np.stack([row for _, _, row, _, _ in cells])
-        labels = [int(np.argmax(row)) for row in rows]
-        seconds = {e: float(weights[[lab == i for lab in labels]].sum()) for i, e in enumerate(EMOTIONS)}
-        mean = (weights[:, None] * rows).sum(axis=0) / max(classified, 1e-12)
-        changes = sum(a.label != b.label for a, b in zip(segments, segments[1:], strict=False))
-        return Timeline(
-            regions=regions,
-            windows=windows,
-            segments=segments,
-            summary=TimelineSummary(
-                duration_s=duration,
-                speech_s=sum(r.duration for r in regions),
-                classified_s=classified,
-                emotion_seconds=seconds,
-                mean_probabilities={e: float(v) for e, v in zip(EMOTIONS, mean, strict=True)},
-                dominant=max(seconds, key=lambda e: seconds[e]) if classified > 0 else None,
-                changes=int(changes),
-                uncertain_s=float(sum(w for w, (_, _, _, u, _) in zip(weights, cells, strict=True) if u)),
-            ),
-            reason=None,
-            warnings=warnings,
-            classifier=predictions[0].classifier if predictions else "single",
-            method=self.method,
-            options=self.options,
-        )
 
-    def _segments(self, cells: list[tuple[float, float, np.ndarray, bool, int]]) -> list[TimelineSegment]:
-        """Runs of stretches with one label, merged across pauses up to ``merge_gap_seconds``."""
-        runs: list[dict[str, Any]] = []
-        for start, end, row, _, _ in cells:
-            best = int(np.argmax(row))
-            last = runs[-1] if runs else None
-            if (
-                last is not None
-                and last["label"] == best
-                and start - last["end"] <= self.options.merge_gap_seconds + 1e-9
-            ):
-                last["end"] = end
-                last["speech"] += end - start
-                last["mass"] += (end - start) * float(row[best])
-                last["windows"] += 1
-            else:
-                runs.append(
-                    {
-                        "start": start,
-                        "end": end,
-                        "label": best,
-                        "speech": end - start,
-                        "mass": (end - start) * float(row[best]),
-                        "windows": 1,
-                    }
-                )
-        return [
-            TimelineSegment(
-                start=r["start"],
-                end=r["end"],
-                label=EMOTIONS[r["label"]],
-                confidence=r["mass"] / max(r["speech"], 1e-12),
-                speech_s=r["speech"],
-                windows=r["windows"],
-            )
-            for r in runs
+def assemble_timeline(
+    options: TimelineOptions,
+    method: str,
+    regions: list[SpeechRegion],
+    spans: list[list[tuple[float, float]]],
+    predictions: list[Prediction],
+    duration: float,
+    warnings: list[str],
+) -> Timeline:
+    """The timeline from the regions, each region's window spans (in time order) and the windows'
+    predictions, in the same order (``options`` gives the smoothing and the merge gap)."""
+    probs = np.array([[p.probabilities[e] for e in EMOTIONS] for p in predictions])
+    windows: list[TimelineWindow] = []
+    # (start, end, row of probabilities, uncertain) of each window's stretch of time
+    cells: list[tuple[float, float, np.ndarray, bool, int]] = []
+    k = 0
+    for region, region_spans in zip(regions, spans, strict=True):
+        if not region_spans:
+            continue
+        rows = probs[k : k + len(region_spans)]
+        smoothed = _smooth(rows, options.smoothing)
+        centres = [(s + e) / 2 for s, e in region_spans]
+        bounds = [
+            region.start,
+            *[(a + b) / 2 for a, b in zip(centres, centres[1:], strict=False)],
+            region.end,
         ]
+        for j, (start, end) in enumerate(region_spans):
+            p = predictions[k + j]
+            row = smoothed[j]
+            best = int(np.argmax(row))
+            windows.append(
+                TimelineWindow(
+                    start=start,
+                    end=end,
+                    label=EMOTIONS[best],
+                    confidence=float(row[best]),
+                    probabilities={e: float(v) for e, v in zip(EMOTIONS, row, strict=True)},
+                    uncertain=p.uncertain,
+                    uncertain_reasons=p.uncertain_reasons,
+                )
+            )
+            cells.append((bounds[j], bounds[j + 1], row, p.uncertain, len(windows) - 1))
+        k += len(region_spans)
+    segments = _segments(cells, options.merge_gap_seconds)
+    weights = np.array([end - start for start, end, *_ in cells])
+    classified = float(weights.sum())
+    rows = np.stack([row for _, _, row, _, _ in cells])
+    labels = [int(np.argmax(row)) for row in rows]
+    seconds = {e: float(weights[[lab == i for lab in labels]].sum()) for i, e in enumerate(EMOTIONS)}
+    mean = (weights[:, None] * rows).sum(axis=0) / max(classified, 1e-12)
+    changes = sum(a.label != b.label for a, b in zip(segments, segments[1:], strict=False))
+    return Timeline(
+        regions=regions,
+        windows=windows,
+        segments=segments,
+        summary=TimelineSummary(
+            duration_s=duration,
+            speech_s=sum(r.duration for r in regions),
+            classified_s=classified,
+            emotion_seconds=seconds,
+            mean_probabilities={e: float(v) for e, v in zip(EMOTIONS, mean, strict=True)},
+            dominant=max(seconds, key=lambda e: seconds[e]) if classified > 0 else None,
+            changes=int(changes),
+            uncertain_s=float(sum(w for w, (_, _, _, u, _) in zip(weights, cells, strict=True) if u)),
+        ),
+        reason=None,
+        warnings=warnings,
+        classifier=predictions[0].classifier if predictions else "single",
+        method=method,
+        options=options,
+    )
+
+
+def _segments(
+    cells: list[tuple[float, float, np.ndarray, bool, int]], merge_gap_seconds: float
+) -> list[TimelineSegment]:
+    """Runs of stretches with one label, merged across pauses up to ``merge_gap_seconds``."""
+    runs: list[dict[str, Any]] = []
+    for start, end, row, _, _ in cells:
+        best = int(np.argmax(row))
+        last = runs[-1] if runs else None
+        if last is not None and last["label"] == best and start - last["end"] <= merge_gap_seconds + 1e-9:
+            last["end"] = end
+            last["speech"] += end - start
+            last["mass"] += (end - start) * float(row[best])
+            last["windows"] += 1
+        else:
+            runs.append(
+                {
+                    "start": start,
+                    "end": end,
+                    "label": best,
+                    "speech": end - start,
+                    "mass": (end - start) * float(row[best]),
+                    "windows": 1,
+                }
+            )
+    return [
+        TimelineSegment(
+            start=r["start"],
+            end=r["end"],
+            label=EMOTIONS[r["label"]],
+            confidence=r["mass"] / max(r["speech"], 1e-12),
+            speech_s=r["speech"],
+            windows=r["windows"],
+        )
+        for r in runs
+    ]
 
 
 def _smooth(rows: np.ndarray, k: int) -> np.ndarray:
