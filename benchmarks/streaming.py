@@ -7,9 +7,10 @@ that holds the window's last sample to receiving the window's result: what a use
 view waits for.
 
 The benchmark (``python -m benchmarks.streaming``) builds a bundle on the full-size HuBERT-large
-architecture with random weights (the compute cost is the real one), serves it with a real uvicorn
-server, plays ``--streams`` copies of a multi-emotion recording built from RAVDESS clips at real time,
-all at once, and prints and writes (``--out``) the delays' median, p95 and maximum.
+architecture with random weights (the compute cost is the real one), serves it with the service's own
+server in a process of its own (``python -m service``, bf16), plays ``--streams`` multi-emotion
+recordings built from RAVDESS clips at real time, all at once, and prints and writes (``--out``) the
+delays' median, p95 and maximum.
 """
 
 from __future__ import annotations
@@ -17,15 +18,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 
 from shared.constants import SAMPLE_RATE
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -60,7 +69,11 @@ class StreamRun:
 
 
 def pcm16(wave: np.ndarray) -> bytes:
-    return (np.clip(wave, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+    """16-bit little-endian PCM: int16 samples as they are; floats scaled by 32768 and rounded, the
+    inverse of how the server (and libsndfile) read them."""
+    if wave.dtype == np.int16:
+        return wave.astype("<i2").tobytes()
+    return np.clip(np.rint(wave * 32768.0), -32768, 32767).astype("<i2").tobytes()
 
 
 async def stream_audio(
@@ -75,7 +88,7 @@ async def stream_audio(
     headers: dict[str, str] | None = None,
     timeout: float = 120.0,
 ) -> StreamRun:
-    """Send ``wave`` (16 kHz float32, sent as s16le) or raw ``frames`` at ``speed`` times real time to the
+    """Send ``wave`` (16 kHz, float32 or int16, sent as s16le) or raw ``frames`` at ``speed`` times real time to the
     WebSocket ``url`` and collect the events until the server closes.
 
     Args:
@@ -131,110 +144,108 @@ def ws_url(http_url: str) -> str:
     return http_url.replace("http://", "ws://", 1).replace("https://", "wss://", 1) + "/v1/stream"
 
 
-def percentiles(values: Sequence[float]) -> dict[str, float | None]:
-    if not values:
-        return {"n": 0, "median": None, "p95": None, "max": None}
-    arr = np.asarray(values)
-    return {
-        "n": len(values),
-        "median": round(float(np.median(arr)), 3),
-        "p95": round(float(np.percentile(arr, 95)), 3),
-        "max": round(float(arr.max()), 3),
-    }
-
-
 # --- the benchmark ---------------------------------------------------------------------------------
 
 
-def _bundle(work: Path, kind: str, data: Path) -> Path:
-    """A HuBERT bundle on ``kind``'s architecture (random weights), fitted on a few RAVDESS clips."""
-    from benchmarks.timeline import fit_on_actors
+def _bundle(work: Path, kind: str) -> Path:
+    """A bundle on HuBERT's ``kind`` architecture (random weights), fitted on generated clips."""
+    from benchmarks.http import write_bundle
     from benchmarks.variants import make_model
-    from shared.backbones.options import EncoderOptions
-    from shared.backbones.runtime import build_backbone
+    from shared.backbones import EncoderOptions, build_backbone
+    from shared.backbones.base import BackboneSpec
 
-    model = make_model(kind, work / f"hubert-{kind}")
-    backbone = build_backbone(
-        {"kind": "hubert", "model": str(model), "layer": "last"}, EncoderOptions(dtype="auto")
-    )
-    return fit_on_actors(data / "ravdess16k", backbone, range(1, 2), work / "artifacts", f"stream-{kind}")
+    folder = work / f"hubert-{kind}"
+    if not folder.is_dir():
+        make_model(kind, folder)
+    backbone = build_backbone(BackboneSpec(kind="hubert", model=str(folder)), EncoderOptions(dtype="bf16"))
+    return write_bundle(backbone, work / "artifacts", f"streaming-{kind}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.streaming", description=__doc__)
-    parser.add_argument("--data", type=Path, default=Path("../shared/data"), help="the shared data folder")
-    parser.add_argument("--model", default="large", help="architecture: large (HuBERT-large) or tiny")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.streaming",
+        description="Concurrent real-time streams against a real server: window delays.",
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path("../shared/data/ravdess16k"), help="RAVDESS folder"
+    )
+    parser.add_argument(
+        "--model", default="large", help="HuBERT architecture (random weights): large or tiny"
+    )
+    parser.add_argument("--dtype", default="bf16")
     parser.add_argument("--streams", type=int, default=4, help="concurrent real-time streams")
     parser.add_argument("--seconds", type=float, default=60.0, help="audio per stream (s)")
-    parser.add_argument("--work", type=Path, default=Path(".bench-streaming"), help="scratch folder")
     parser.add_argument("--out", type=Path, default=Path("benchmark-streaming.json"))
     args = parser.parse_args(argv)
 
+    from benchmarks.http import free_port, percentiles, stop_server, wait_ready
     from benchmarks.recordings import build_recording, pick_clips, ravdess_clips
-    from service.app import create_app
-    from service.server import build_server
-    from service.settings import ServiceSettings
 
-    args.work.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    bundle = _bundle(args.work, args.model, args.data)
-    prepared = time.perf_counter() - started
-    clips = ravdess_clips(args.data / "ravdess16k", range(21, 25))
+    work = Path(tempfile.mkdtemp(prefix="ser-streaming-"))
+    bundle = _bundle(work, args.model)
+    clips = ravdess_clips(args.data_dir, range(21, 25))
     waves = []
-    for i in range(args.streams):  # a different recording for each stream
+    for i in range(args.streams):  # a different multi-emotion recording for each stream
         wave, _ = build_recording(pick_clips(clips, 40, seed=10 + i), seed=10 + i)
         waves.append(wave[: int(args.seconds * SAMPLE_RATE)])
-    settings = ServiceSettings(bundle=str(bundle), dtype="auto", stream_max=max(8, args.streams))
-    app = create_app(settings)
-    port = 8765
-    server = build_server(app, settings, host="127.0.0.1", port=port)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "SER_BUNDLE": str(bundle),
+        "SER_DTYPE": args.dtype,
+        "SER_PORT": str(port),
+        "SER_HOST": "127.0.0.1",
+        "SER_STREAM_MAX": str(max(8, args.streams)),
+        "SER_JOBS_DIR": str(work / "jobs"),
+        "SER_CACHE_DIR": str(work / "cache"),
+        "SER_LOG_LEVEL": "WARNING",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    log_file = work / "server.log"
+    with log_file.open("wb") as sink:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "service"], env=env, stdout=sink, stderr=subprocess.STDOUT
+        )
+        try:
+            wait_ready(server, url, log_file)
+            info = httpx.get(f"{url}/v1/info", timeout=30).json()
 
-    async def run() -> list[StreamRun]:
-        serving = asyncio.ensure_future(server.serve())
-        import httpx
+            async def together() -> list[StreamRun]:
+                return list(await asyncio.gather(*(stream_audio(ws_url(url), w, timeout=600) for w in waves)))
 
-        async with httpx.AsyncClient() as client:
-            for _ in range(600):
-                try:
-                    if (await client.get(f"http://127.0.0.1:{port}/ready")).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                await asyncio.sleep(0.5)
-        url = f"ws://127.0.0.1:{port}/v1/stream"
-        runs = await asyncio.gather(*(stream_audio(url, w, timeout=600) for w in waves))
-        server.should_exit = True
-        await serving
-        return list(runs)
-
-    runs = asyncio.run(run())
+            runs = asyncio.run(together())
+        finally:
+            stop_server(server)
     delays = [d for r in runs for d in r.window_delays()]
-    dtype = "unknown"
+    summary = percentiles(delays)
     report = {
         "benchmark": "streaming",
-        "model": args.model,
-        "weights": "random (full-size architecture)" if args.model == "large" else "random",
+        "model": f"hubert-{args.model} architecture, random weights",
+        "serving_dtype": info.get("bundle", {}).get("serving_dtype"),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
         "streams": args.streams,
         "seconds_per_stream": args.seconds,
-        "serving_dtype": dtype,
+        "frame_seconds": 0.1,
         "windows": len(delays),
         "dropped": sum(len(r.of_type("warning")) for r in runs),
-        "delay_s": percentiles(delays),
+        "errors": [e["error"] for r in runs for e in r.of_type("error")],
+        "delay": summary,
         "per_stream": [
             {
                 "windows": len(r.of_type("window")),
-                "delay_s": percentiles(r.window_delays()),
-                "close_code": r.close_code,
-                "summary": bool(r.of_type("summary")),
+                "delay": percentiles(r.window_delays()),
+                "close": r.close_code,
             }
             for r in runs
         ],
-        "prepare_s": round(prepared, 1),
     }
     print(
-        f"{args.streams} real-time streams on {args.model}: {len(delays)} windows, delay median "
-        f"{report['delay_s']['median']} s, p95 {report['delay_s']['p95']} s, max {report['delay_s']['max']} s, "
-        f"{report['dropped']} dropped"
+        f"{args.streams} real-time streams, {report['model']} ({report['serving_dtype']}): {len(delays)} windows, "
+        f"delay median {summary.get('p50_s', float('nan')):.3f} s, p95 {summary.get('p95_s', float('nan')):.3f} s, "
+        f"max {summary.get('max_s', float('nan')):.3f} s; {report['dropped']} dropped"
     )
     args.out.write_text(json.dumps(report, indent=2))
     print(f"wrote {args.out}")

@@ -11,8 +11,9 @@ timeline's rules (``shared.timeline``) with what it has heard so far:
 2. **Windows.** While a region lasts, every window of ``window_seconds`` starting each ``hop_seconds``
    from its start is handed out as soon as the audio reaches its end; when the region finishes, the
    window aligned to its end follows, as ``window_spans`` gives it. A finished region shorter than a
-   window gets one window reaching ``context_seconds`` into the non-speech on either side (never past
-   half-way to a neighbour that has already started), handed out once that much audio has arrived.
+   window gets one window reaching ``context_seconds`` into the non-speech on either side, never into a
+   neighbouring region: on the right, never past the first frame above the threshold after it, less the
+   padding (where the next region will start); it is handed out as soon as that is known.
 3. **Memory.** The audio kept is the last few windows' worth, whatever the stream's length; the
    probabilities, from the last finished region on (at most the longest region).
 
@@ -135,8 +136,12 @@ class LiveSegmenter:
         base_s = self._base * VAD_FRAME / SAMPLE_RATE
         n_samples = min(self.samples, self._frames * VAD_FRAME) - self._base * VAD_FRAME
         heard = base_s + n_samples / SAMPLE_RATE
-        stamps = [
-            SpeechRegion(r.start + base_s, r.end + base_s)
+        offset = self._base * VAD_FRAME
+        stamps = [  # in samples, then seconds: the same floats as the offline segmentation's
+            SpeechRegion(
+                (offset + round(r.start * SAMPLE_RATE)) / SAMPLE_RATE,
+                (offset + round(r.end * SAMPLE_RATE)) / SAMPLE_RATE,
+            )
             for r in speech_regions(self._probs, n_samples, self.options.vad)
         ]
         events: list[LiveEvent] = []
@@ -181,7 +186,7 @@ class LiveSegmenter:
             rest = [s for s in window_spans(region, self.options) if s not in out]
             events += self._hand_out(rest, index)
         elif region.duration >= self.options.min_window_seconds and not self._open_spans:
-            lower = (self.regions[index - 1].end + region.start) / 2 if index else 0.0
+            lower = self.regions[index - 1].end if index else 0.0
             self._waiting.append((index, max(lower, region.start - self.options.context_seconds)))
         events.append(SpeechEnded(region, index))
         self._open_start = None
@@ -191,11 +196,10 @@ class LiveSegmenter:
     def _context_windows(self, heard: float, final: bool) -> list[LiveEvent]:
         """The windows of finished short regions whose right-hand context is now known.
 
-        The offline window reaches ``context_seconds`` past the region, but never past half-way to the
-        next region. Live, the next region's start is taken from the first frame after the region whose
-        probability crosses the threshold (less the padding), so the window never takes in the next
-        utterance's onset; with no such frame by ``context_seconds`` plus the padding, the window takes
-        the whole context."""
+        Offline, such a window reaches ``context_seconds`` past the region but never into the next region
+        (``neighbour_bounds``). Live, the next region's start is the first frame after the region whose
+        probability crosses the threshold, less the padding, as the offline segmentation pads it; with no
+        such frame once ``context_seconds`` have been heard, the window takes the whole context."""
         out: list[LiveEvent] = []
         reach = self.options.context_seconds
         pad = self.options.vad.pad_ms / 1000
@@ -205,8 +209,8 @@ class LiveSegmenter:
             onset = self._onset_after(region.end)
             upper = region.end + reach
             if onset is not None:
-                upper = min(upper, (region.end + max(region.end, onset - pad)) / 2)
-            elif not final and heard < upper + pad:
+                upper = min(upper, max(region.end, onset - pad))
+            elif not final and heard < upper + pad:  # an onset before then starts a region before upper
                 still.append((index, lower))
                 continue
             upper = min(upper, self.seconds)

@@ -6,7 +6,7 @@ How a recording is analysed (``TimelineAnalyzer.analyse``):
    Silero VAD (``shared.vad``); silence and non-speech are never classified.
 2. **Windows.** Inside each region, windows of ``window_seconds`` start every ``hop_seconds``; the last
    one is aligned to the region's end. A region shorter than a window gets one window of full length
-   centred on it, taking in the non-speech around it (at most half-way to the next region), as a clip
+   centred on it, taking in the non-speech around it (never any of a neighbouring region), as a clip
    sent to ``/v1/predict`` holds the silence around its utterance. Regions shorter than
    ``min_window_seconds`` count as speech but are not classified.
 3. **Embeddings, computed once.** The file is decoded a second time, one region at a time, so memory
@@ -81,7 +81,7 @@ class TimelineOptions:
         smoothing: windows averaged around each window (1: none).
         merge_gap_seconds: same-label segments separated by a pause this short are merged (s).
         context_seconds: the window of a region shorter than ``window_seconds`` takes in this much of the
-            non-speech on each side (at most half-way to the next region), as a clip holds the silence
+            non-speech on each side (never into a neighbouring region), as a clip holds the silence
             around its utterance (s).
         session: when the bundle has a session classifier, normalise the recording's windows with their
             own statistics (the recording is one session); False classifies every window alone, as
@@ -258,7 +258,7 @@ def window_spans(
     """The windows of one region, ``[(start, end)]`` in seconds (empty below ``min_window_seconds``).
 
     A region shorter than a window gets one window that also takes in up to ``context_seconds`` of the
-    non-speech on each side, never past ``lower`` or ``upper`` (half-way to the neighbouring regions, or
+    non-speech on each side, never past ``lower`` or ``upper`` (the ends of the neighbouring regions, or
     the recording's ends): the classifier was trained on utterances with the silence around them, as
     ``/v1/predict`` receives them, not on speech cut to the syllable. Bounds lie on a 10 ms grid.
     """
@@ -290,11 +290,13 @@ def on_grid(t: float) -> float:
 
 
 def neighbour_bounds(regions: Sequence[SpeechRegion], duration: float) -> list[tuple[float, float]]:
-    """For each region, how far its window may reach: half-way to the regions around it (or the ends)."""
+    """For each region, how far its window may reach: the ends of the regions around it (or the
+    recording's ends). A window never takes in a neighbouring region's audio, and a live stream knows the
+    bound on the right as soon as the next region begins (``shared.live``)."""
     bounds = []
     for i, region in enumerate(regions):
-        lower = 0.0 if i == 0 else (regions[i - 1].end + region.start) / 2
-        upper = duration if i == len(regions) - 1 else (region.end + regions[i + 1].start) / 2
+        lower = 0.0 if i == 0 else regions[i - 1].end
+        upper = duration if i == len(regions) - 1 else regions[i + 1].start
         bounds.append((lower, upper))
     return bounds
 

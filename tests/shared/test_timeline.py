@@ -37,7 +37,7 @@ def test_windows_cover_a_long_region_and_end_at_its_end():
 def test_a_short_region_takes_in_context_but_never_reaches_its_neighbours():
     options = TimelineOptions(window_seconds=3.0, context_seconds=1.0)
     assert window_spans(SpeechRegion(5.0, 7.0), options, lower=3.0, upper=9.0) == [(4.0, 8.0)]
-    # half-way to the neighbours is the limit
+    # the neighbouring regions are the limit
     assert window_spans(SpeechRegion(5.0, 7.0), options, lower=4.6, upper=7.3) == [(4.6, 7.3)]
     # bounds lie on the 10 ms grid
     assert window_spans(SpeechRegion(5.0032, 7.0), options, lower=5.0032, upper=7.0) == [(5.0, 7.0)]
