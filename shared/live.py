@@ -151,7 +151,12 @@ class LiveSegmenter:
                 self._open_spans, self._offset = [], 0.0
                 events.append(SpeechStarted(round(self._open_start, 3)))
             done = final or i < len(stamps) - 1 or stamp.end + self.settle_s <= heard
-            events += self._regular_windows(stamp.end)
+            # an open region's end so far is where the audio stops; its final end may lie up to the
+            # pause that ends speech, less the padding, before that
+            v = self.options.vad
+            events += self._regular_windows(
+                stamp.end if done else stamp.end - max(0, v.min_silence_ms - v.pad_ms) / 1000
+            )
             if done:
                 events += self._finish_region(SpeechRegion(self._open_start, stamp.end))
                 self._drop_probabilities_before(stamp.end)
