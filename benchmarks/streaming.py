@@ -161,6 +161,20 @@ def _bundle(work: Path, kind: str) -> Path:
     return write_bundle(backbone, work / "artifacts", f"streaming-{kind}")
 
 
+def _batch_counts(metrics: str) -> dict[str, float]:
+    """The encoder batches the server ran, and the utterances in them, from its /metrics text."""
+    values = {}
+    for line in metrics.splitlines():
+        for name in ("ser_batch_size_count", "ser_batch_size_sum"):
+            if line.startswith(name + " "):
+                values[name] = float(line.split()[1])
+    batches = values.get("ser_batch_size_count", 0.0)
+    return {
+        "batches": batches,
+        "mean_size": round(values.get("ser_batch_size_sum", 0.0) / max(batches, 1), 2),
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.streaming",
@@ -216,6 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return list(await asyncio.gather(*(stream_audio(ws_url(url), w, timeout=600) for w in waves)))
 
             runs = asyncio.run(together())
+            metrics = httpx.get(f"{url}/metrics", timeout=30).text
         finally:
             stop_server(server)
     delays = [d for r in runs for d in r.window_delays()]
@@ -233,6 +248,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "dropped": sum(len(r.of_type("warning")) for r in runs),
         "errors": [e["error"] for r in runs for e in r.of_type("error")],
         "delay": summary,
+        "server_latency": percentiles([e["latency_s"] for r in runs for e in r.of_type("window")]),
+        "queue": percentiles([e["timings_ms"]["queue"] / 1000 for r in runs for e in r.of_type("window")]),
+        "inference": percentiles(
+            [e["timings_ms"]["inference"] / 1000 for r in runs for e in r.of_type("window")]
+        ),
+        "batches": _batch_counts(metrics),
         "per_stream": [
             {
                 "windows": len(r.of_type("window")),

@@ -47,7 +47,9 @@ DESCRIPTION = """
 Speech emotion recognition: send an utterance (WAV, FLAC, MP3, OGG, Opus, WebM, M4A...; 0.5 to 30 s by
 default), get one of six emotions (neutral, happy, sad, angry, fear, disgust) with all six probabilities.
 Send a long recording to `/v1/timeline` (up to 10 minutes by default) or `/v1/jobs` (hours) for an emotion
-timeline: speech regions, windows, merged segments and a summary.
+timeline: speech regions, windows, merged segments and a summary. Live audio goes over the WebSocket
+`/v1/stream` (not listed below: OpenAPI describes HTTP only): a JSON `start` message, binary PCM or
+WebM/Opus frames, then `stop`; speech, window and summary events come back as they happen.
 
 Errors are `{"error": "...", "error_type": "<stable code>"}`; 503 replies carry `Retry-After`.
 Every response has an `X-Request-ID` header (the client's own, if it sent a sane one).

@@ -346,7 +346,7 @@ class ServiceSettings(BaseSettings):
     stream_max: int = Field(
         default=8,
         ge=1,
-        description="Most live streams open at once; one more is closed at once with code 1013 and the reason.",
+        description="Most live streams open at once; one more is closed with code 1013 and the reason.",
     )
     stream_max_seconds: float = Field(
         default=3600.0,
@@ -372,6 +372,12 @@ class ServiceSettings(BaseSettings):
         ge=1024,
         description="Largest WebSocket message, in bytes; a larger one closes the stream with code 1009. "
         "100 ms of 48 kHz stereo float32 is 38 KiB.",
+    )
+    stream_max_delay_s: float = Field(
+        default=3.0,
+        gt=0,
+        description="A live window whose turn with the model has not come this many seconds after its audio "
+        "arrived is skipped (a window_dropped warning): a live view wants the present, not a backlog.",
     )
     stream_max_pending: int = Field(
         default=4,

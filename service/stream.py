@@ -82,6 +82,12 @@ CLOSE_CODES: dict[str, int] = {
 _REASON_BYTES = 123
 
 
+class WindowLate(RetryableError):
+    """A live window waited too long for the model and was skipped."""
+
+    error_type = "window_late"
+
+
 class StreamError(SERError):
     """A stream is ended for a reason the client should hear (``error_type`` picks the close code)."""
 
@@ -317,7 +323,20 @@ class LiveStream:
     async def _classify(self, window: _Window, waveform: np.ndarray, arrived: float) -> dict[str, Any] | None:
         try:
             with self.engine.admit(1) as slots:
-                result = await slots.submit(waveform)
+                future = slots.submit_nowait(waveform)
+            waiting = asyncio.wrap_future(future)
+            budget = self.settings.stream_max_delay_s - (time.monotonic() - arrived)
+            done, _ = await asyncio.wait({waiting}, timeout=max(0.0, budget))
+            if not done and future.cancel():  # still queued: too late to be live
+                raise WindowLate(
+                    f"its turn with the model had not come {self.settings.stream_max_delay_s:g} s after its "
+                    "audio arrived (SER_STREAM_MAX_DELAY_S): the model is behind"
+                )
+            result = await waiting
+            timings = {
+                "queue": round(result.queue_s * 1000, 1),
+                "inference": round(result.inference_s * 1000, 1),
+            }
             prediction: Prediction = result.prediction
             window.features = np.asarray(prediction.features, dtype=np.float32)
             if self.stats is not None:
@@ -351,6 +370,7 @@ class LiveStream:
             classifier=prediction.classifier,
             audio_seconds=round(segmenter.seconds if segmenter else 0.0, 3),
             latency_s=round(time.monotonic() - arrived, 3),
+            timings_ms={**timings, "batch_size": result.batch_size},
         )
 
     async def finish(self) -> dict[str, Any]:
@@ -425,7 +445,7 @@ async def _receive(websocket: WebSocket, timeout: float, stop: asyncio.Event) ->
         message = receive.result()
         if message["type"] == "websocket.disconnect":
             raise _ClientGone()
-        return message
+        return dict(message)
     receive.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):
         await receive

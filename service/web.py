@@ -1,10 +1,14 @@
-"""The web page: record or upload speech in a browser and see the emotion the service hears.
+"""The web page: record or upload speech in a browser and see the emotion the service hears, over time
+for long recordings and live from the microphone.
 
-The page is three static files in ``service/static`` (HTML, CSS, plain JavaScript): no build step, no
+The page is static files in ``service/static`` (HTML, CSS, plain JavaScript: ``app.js``, the timeline's
+drawing in ``timeline.js`` and the microphone's AudioWorklet in ``live-capture.js``): no build step, no
 front-end server, nothing fetched from elsewhere at run time. The same page is served at ``/`` and at
 ``/emotion`` (the design document's path); its assets under ``/static/``. It calls ``GET /v1/info`` for
-the limits and the model, and ``POST /v1/predict`` (multipart field ``file``) for a result. Its URLs are
-relative, so it also works behind a path prefix.
+the limits and the model, ``POST /v1/predict`` (multipart field ``file``) for a clip, ``POST /v1/jobs``
+and ``GET /v1/jobs/{id}`` for a recording longer than ``SER_MAX_SECONDS`` (its timeline, with progress),
+and the WebSocket ``/v1/stream`` in live mode. Its URLs are relative, so it also works behind a path
+prefix.
 """
 
 from __future__ import annotations

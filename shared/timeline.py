@@ -293,12 +293,9 @@ def neighbour_bounds(regions: Sequence[SpeechRegion], duration: float) -> list[t
     """For each region, how far its window may reach: the ends of the regions around it (or the
     recording's ends). A window never takes in a neighbouring region's audio, and a live stream knows the
     bound on the right as soon as the next region begins (``shared.live``)."""
-    bounds = []
-    for i, region in enumerate(regions):
-        lower = 0.0 if i == 0 else regions[i - 1].end
-        upper = duration if i == len(regions) - 1 else regions[i + 1].start
-        bounds.append((lower, upper))
-    return bounds
+    lowers = [0.0] + [region.end for region in regions[:-1]]
+    uppers = [region.start for region in regions[1:]] + [duration]
+    return list(zip(lowers, uppers, strict=True)) if regions else []
 
 
 #: Consecutive regions embedded in one model call: at most this many, holding at most this much audio (s).

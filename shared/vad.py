@@ -18,9 +18,10 @@ What the VAD calls non-speech is never classified.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -116,6 +117,20 @@ def speech_regions(
     ]
 
 
+@contextlib.contextmanager
+def _one_thread(torch: Any) -> Iterator[None]:
+    """Score on one compute thread: the model is tiny, and on a busy machine a second thread only waits
+    for cores the encoder holds. torch's thread count belongs to the calling thread; it is restored."""
+    threads = torch.get_num_threads()
+    if threads != 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if threads != 1:
+            torch.set_num_threads(threads)
+
+
 def _load_silero() -> Any:
     try:
         import torch
@@ -161,7 +176,7 @@ class SpeechDetector:
         probs: list[np.ndarray] = []
         carry = np.zeros(0, dtype=np.float32)
         total = 0
-        with self._lock, torch.inference_mode():
+        with self._lock, torch.inference_mode(), _one_thread(torch):
             self._model.reset_states()
             for block in blocks:
                 total += block.shape[0]
@@ -219,7 +234,7 @@ class VadStream:
         out = np.empty(whole // VAD_FRAME, dtype=np.float32)
         if whole:
             tensor = torch.from_numpy(np.ascontiguousarray(data[:whole], dtype=np.float32))
-            with torch.inference_mode():
+            with torch.inference_mode(), _one_thread(torch):
                 for i in range(out.shape[0]):
                     out[i] = float(self._model(tensor[i * VAD_FRAME : (i + 1) * VAD_FRAME], SAMPLE_RATE))
         return out

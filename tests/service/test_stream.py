@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import websockets
-from service_support import encode_pyav, serve, wait_until
+from service_support import ModelGate, encode_pyav, serve, wait_until
 
 from benchmarks.streaming import StreamRun, stream_audio, ws_url
 from service.app import create_app
@@ -36,7 +36,9 @@ def conversation() -> np.ndarray:
     def quiet(seconds: float) -> np.ndarray:
         return (0.002 * rng.standard_normal(int(seconds * SAMPLE_RATE))).astype(np.float32)
 
-    return np.concatenate([quiet(0.6), speech_like(2.0, seed=3), quiet(1.2), speech_like(4.6, seed=3), quiet(1.6)])
+    return np.concatenate(
+        [quiet(0.6), speech_like(2.0, seed=3), quiet(1.2), speech_like(4.6, seed=3), quiet(1.6)]
+    )
 
 
 def settings_for(bundle: Path, **overrides: Any) -> ServiceSettings:
@@ -47,7 +49,14 @@ def settings_for(bundle: Path, **overrides: Any) -> ServiceSettings:
 @pytest.fixture(scope="module")
 def server(egemaps_bundle: Path) -> Iterator[Any]:
     app = create_app(
-        settings_for(egemaps_bundle, stream_max=3, stream_idle_s=1.5, stream_max_lead_s=60.0, header_timeout_s=2.0)
+        settings_for(
+            egemaps_bundle,
+            stream_max=3,
+            stream_idle_s=1.5,
+            stream_max_lead_s=60.0,
+            stream_max_seconds=20.0,
+            header_timeout_s=2.0,
+        )
     )
     with serve(app) as running:
         wait_until(lambda: httpx.get(running.url + "/ready").status_code == 200, timeout=120)
@@ -58,7 +67,9 @@ def run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
-async def exchange(url: str, *messages: str | bytes, wait: float = 10.0) -> tuple[list[dict], int | None, str]:
+async def exchange(
+    url: str, *messages: str | bytes, wait: float = 10.0
+) -> tuple[list[dict], int | None, str]:
     """Send ``messages``, then collect events until the server closes: (events, close code, reason)."""
     events: list[dict] = []
     async with websockets.connect(url) as ws:
@@ -115,7 +126,9 @@ def test_a_webm_opus_stream_is_decoded_as_it_arrives(server: Any) -> None:
     chunks = [data[i : i + 2000] for i in range(0, len(data), 2000)]
     start = {"type": "start", "format": "webm"}
     frame_s = wave.shape[0] / SAMPLE_RATE / len(chunks)
-    result = run(stream_audio(ws_url(server.url), frames=chunks, start=start, frame_seconds=frame_s, speed=10.0))
+    result = run(
+        stream_audio(ws_url(server.url), frames=chunks, start=start, frame_seconds=frame_s, speed=10.0)
+    )
     assert result.close_code == 1000, result.close_reason
     assert len(result.of_type("speech_start")) == 2
     assert result.of_type("window")
@@ -147,6 +160,39 @@ def test_a_stream_outlives_the_header_deadline(server: Any) -> None:
     assert result.close_code == 1000, result.close_reason
 
 
+def test_a_stream_at_its_length_limit_gets_its_summary_and_a_reason(server: Any) -> None:
+    wave = np.tile(conversation(), 3)  # 30 s; SER_STREAM_MAX_SECONDS is 20 here
+    result = run(stream_audio(ws_url(server.url), wave, speed=20.0))
+    assert result.close_code == 1008
+    assert result.of_type("error")[0]["error"]["type"] == "stream_too_long"
+    assert "SER_STREAM_MAX_SECONDS" in result.close_reason
+    summary = result.of_type("summary")[0]
+    assert 20.0 <= summary["audio_seconds"] < 20.5
+    assert summary["timeline"]["windows"]
+
+
+def test_windows_the_model_cannot_take_in_time_are_skipped_not_queued(egemaps_bundle: Path) -> None:
+    """While the model is held, a stream's windows wait SER_STREAM_MAX_DELAY_S at most; then they are
+    skipped with a warning, and the stream still ends with its summary once the model is back."""
+    gate = ModelGate()
+    app = create_app(
+        settings_for(egemaps_bundle, stream_max_lead_s=60.0, stream_max_delay_s=0.5),
+        predictor_factory=gate.factory,
+    )
+    with serve(app) as running:
+        wait_until(lambda: httpx.get(running.url + "/ready").status_code == 200, timeout=120)
+        gate.close()
+        threading.Timer(4.0, gate.open).start()
+        result = run(stream_audio(ws_url(running.url), conversation(), speed=2.0))
+    assert result.close_code == 1000, result.close_reason
+    warnings = [e["warning"] for e in result.of_type("warning")]
+    assert warnings and all(w["type"] == "window_dropped" for w in warnings)
+    assert any("SER_STREAM_MAX_DELAY_S" in w["message"] for w in warnings)
+    timeline = result.of_type("summary")[0]["timeline"]
+    assert any(w.startswith("window_dropped") for w in timeline["warnings"])
+    assert len(timeline["windows"]) == len(result.of_type("window"))
+
+
 # --- bad input ----------------------------------------------------------------------------------
 
 
@@ -155,7 +201,11 @@ def test_a_stream_outlives_the_header_deadline(server: Any) -> None:
     [
         ([b"\x00\x01" * 800], "invalid_message", 1008),  # a frame before start
         (["not json"], "invalid_message", 1008),
-        ([json.dumps({"type": "start", "format": "s16le", "sample_rate": 12345})], "unsupported_format", 1008),
+        (
+            [json.dumps({"type": "start", "format": "s16le", "sample_rate": 12345})],
+            "unsupported_format",
+            1008,
+        ),
         ([json.dumps({"type": "start", "format": "mp3"})], "invalid_start", 1008),
         ([json.dumps({"type": "start", "channels": 0})], "invalid_start", 1008),
         ([START, b"\x01\x02\x03"], "audio_decode_error", 1007),  # half a sample
@@ -208,7 +258,10 @@ def test_bad_streams_leave_other_streams_and_requests_alone(server: Any, good_wa
     bad = [
         [b"\x00" * 3200],
         [json.dumps({"type": "start", "format": "f32le"}), np.random.default_rng(1).bytes(6400)],
-        [json.dumps({"type": "start", "format": "webm"}), b"\x1a\x45\xdf\xa3" + b"\xff" * 4000],  # a header, then junk
+        [
+            json.dumps({"type": "start", "format": "webm"}),
+            b"\x1a\x45\xdf\xa3" + b"\xff" * 4000,
+        ],  # a header, then junk
     ]
     for messages in bad:
         events, code, _ = run(exchange(ws_url(server.url), *messages))
@@ -243,8 +296,8 @@ def test_streams_beyond_the_limit_are_refused_with_a_reason(server: Any) -> None
 def test_a_cross_site_page_may_not_open_a_stream(server: Any) -> None:
     async def scenario() -> tuple[int | None, str]:
         async with websockets.connect(ws_url(server.url), origin="https://evil.example") as ws:  # type: ignore[arg-type]
-            await ws.send(START)
-            with pytest.raises(websockets.ConnectionClosed):
+            with pytest.raises(websockets.ConnectionClosed):  # the close may come before the send
+                await ws.send(START)
                 while True:
                     await ws.recv()
             return ws.close_code, ws.close_reason
@@ -275,7 +328,7 @@ def test_api_keys_apply_to_streams(keyed_server: Any) -> None:
     right = json.dumps({**start, "api_key": KEY})  # browsers cannot set headers: the first message
     events, code, _ = run(exchange(url, right, stop))
     assert code == 1000 and [e["type"] for e in events] == ["ready", "summary"]
-    header = run(stream_audio(url, conversation()[: SAMPLE_RATE], headers={"X-API-Key": KEY}, speed=5.0))
+    header = run(stream_audio(url, conversation()[:SAMPLE_RATE], headers={"X-API-Key": KEY}, speed=5.0))
     assert header.close_code == 1000
 
 

@@ -5,6 +5,11 @@ of 127.0.0.1; Chromium (Debian's ``/usr/bin/chromium``, driven by Playwright) re
 microphone that plays a generated clip. Each state is saved as a screenshot into ``SER_SCREENSHOT_DIR``
 (default ``test-screenshots/`` at the repository root) for a person to look at.
 
+The long-recording and live tests (also marker ``realdata``; skipped where ``SER_TEST_DATA`` is unset)
+serve a bundle fitted on real speech: a 90 s recording of RAVDESS sentences goes through POST /v1/jobs to
+the page's timeline, and in live mode the fake microphone speaks 18.5 s of it over the WebSocket
+/v1/stream, where every window must be drawn within 2 s of the audio it ends with.
+
 The browser tests (marker ``browser``) need ``scripts/install-browser.sh`` (Debian's chromium) and the
 ``playwright`` package (dev extra), and skip with the reason where either is missing; the first two
 tests check how the page is served and run everywhere.
@@ -14,18 +19,23 @@ Run: ``pytest tests/service/test_web_browser.py`` (or ``-m browser`` for the bro
 from __future__ import annotations
 
 import base64
+import csv
+import json
+import math
 import os
 import re
 from collections.abc import Iterator
+from decimal import ROUND_HALF_UP, Decimal
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import soundfile as sf
 from fastapi.testclient import TestClient
-from service_support import serve, wait_until
+from service_support import resample_linear, serve, wait_until
 from support import synthetic_clip, wav_bytes
 
 from service.web import STATIC_DIR
@@ -76,9 +86,16 @@ def test_the_page_loads_only_its_own_files(egemaps_client: TestClient) -> None:
     parser = _AssetLinks()
     parser.feed(egemaps_client.get("/").text)
     assets = [link for link in parser.links if not link.startswith("data:")]
-    assert sorted(assets) == ["static/app.js", "static/style.css"]
-    types = {"static/app.js": "javascript", "static/style.css": "text/css"}
-    for asset in assets:
+    assert sorted(assets) == ["static/app.js", "static/style.css", "static/timeline.js"]
+    # The live mode's AudioWorklet module is loaded by app.js, not by the page.
+    assert 'addModule("static/live-capture.js")' in (STATIC_DIR / "app.js").read_text()
+    types = {
+        "static/app.js": "javascript",
+        "static/style.css": "text/css",
+        "static/timeline.js": "javascript",
+        "static/live-capture.js": "javascript",
+    }
+    for asset in [*assets, "static/live-capture.js"]:
         reply = egemaps_client.get(f"/{asset}")
         assert reply.status_code == 200 and types[asset] in reply.headers["content-type"]
         # No URL to anywhere else: no CDN, no web font, no absolute API address.
@@ -121,39 +138,81 @@ def server(egemaps_bundle: Path) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
+def timeline_server(timeline_bundle: Path) -> Iterator[str]:
+    """The real service serving an eGeMAPS bundle fitted on real speech (RAVDESS actors 1-4)."""
+    yield from _serve(timeline_bundle)
+
+
+@pytest.fixture(scope="module")
+def short_stream_server(timeline_bundle: Path) -> Iterator[str]:
+    """The real service, its live streams limited to 7 s of audio (then it ends them with a reason)."""
+    yield from _serve(timeline_bundle, stream_max_seconds=7.0)
+
+
+@pytest.fixture(scope="module")
 def locked_server(egemaps_bundle: Path) -> Iterator[str]:
     """The real service with an API key required and utterances limited to 2 s."""
     yield from _serve(egemaps_bundle, api_keys=[API_KEY], max_seconds=2.0)
 
 
 @pytest.fixture(scope="module")
-def browser(fake_mic_wav: Path) -> Iterator[Any]:
+def live_mic_wav(
+    ravdess_recording: tuple[Path, list, list], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """What the fake microphone plays in live mode: the first 18.5 s of the RAVDESS recording (six clips:
+    happy, disgust, fear, happy, disgust, fear, with pauses), 16-bit PCM at 48 kHz, in a temporary folder."""
+    wave, rate = sf.read(ravdess_recording[0], dtype="float32")
+    assert rate == 16_000
+    path = tmp_path_factory.mktemp("live-mic") / "ravdess-18s-48k.wav"
+    sf.write(path, resample_linear(wave[: int(18.5 * rate)], 48_000), 48_000, subtype="PCM_16")
+    return path
+
+
+@pytest.fixture(scope="module")
+def playwright_driver() -> Iterator[Any]:
+    """One Playwright driver for the module (its sync API allows one at a time): both browsers use it."""
     if not CHROMIUM.exists():
         pytest.skip(f"Debian's Chromium is not installed at {CHROMIUM}: run scripts/install-browser.sh")
     if sync_api is None:
         pytest.skip("the playwright package is not installed: pip install -e '.[dev]'")
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM),
-            headless=True,
-            chromium_sandbox=False,
-            args=[
-                "--headless",
-                "--no-sandbox",
-                "--use-fake-device-for-media-stream",
-                "--use-fake-ui-for-media-stream",
-                f"--use-file-for-fake-audio-capture={fake_mic_wav}",
-                "--disable-gpu",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
+        yield playwright
+
+
+def _launch_chromium(playwright: Any, mic_wav: Path) -> Iterator[Any]:
+    """Headless Chromium whose fake microphone plays ``mic_wav`` in a loop."""
+    browser = playwright.chromium.launch(
+        executable_path=str(CHROMIUM),
+        headless=True,
+        chromium_sandbox=False,
+        args=[
+            "--headless",
+            "--no-sandbox",
+            "--use-fake-device-for-media-stream",
+            "--use-fake-ui-for-media-stream",
+            f"--use-file-for-fake-audio-capture={mic_wav}",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ],
+    )
+    try:
+        yield browser
+    finally:
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def browser(playwright_driver: Any, fake_mic_wav: Path) -> Iterator[Any]:
+    yield from _launch_chromium(playwright_driver, fake_mic_wav)
+
+
+@pytest.fixture(scope="module")
+def live_browser(playwright_driver: Any, live_mic_wav: Path) -> Iterator[Any]:
+    """Chromium whose microphone speaks RAVDESS sentences of several emotions."""
+    yield from _launch_chromium(playwright_driver, live_mic_wav)
 
 
 class PageUnderTest:
@@ -198,6 +257,41 @@ def ui(browser: Any, server: str) -> Iterator[PageUnderTest]:
     under_test.close()
 
 
+def model_line_of(server: str) -> str:
+    """The model line the page shows for ``server``'s model."""
+    model = httpx.get(f"{server}/v1/info", timeout=10).json()["model"]
+    return f"Model: {model['name']}, version {model['version']}"
+
+
+def js_fixed(value: float, digits: int) -> str:
+    """JavaScript's ``value.toFixed(digits)``: the exact binary value rounded, ties away from zero."""
+    return str(Decimal(value).quantize(Decimal(1).scaleb(-digits), ROUND_HALF_UP))
+
+
+def clock(t: float) -> str:
+    """The page's ``m:ss.s`` for ``t`` seconds (timeline.js rounds ``t * 10`` once, half up)."""
+    minutes, tenths = divmod(math.floor(t * 10 + 0.5), 600)
+    return f"{minutes}:{tenths // 10:02d}.{tenths % 10}"
+
+
+def painted_pixels(page: Any, canvas_id: str) -> int:
+    """How many pixels of the canvas ``canvas_id`` have been painted."""
+    return page.evaluate(
+        """(id) => {
+            const canvas = document.getElementById(id);
+            const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+            let painted = 0;
+            for (let i = 3; i < data.length; i += 4) if (data[i] > 0) painted++;
+            return painted;
+        }""",
+        canvas_id,
+    )
+
+
+def player_time(page: Any) -> float:
+    return float(page.evaluate("() => document.getElementById('timeline-player').currentTime"))
+
+
 def api_predict(server: str, name: str, data: bytes) -> httpx.Response:
     """The service's own answer for ``data``, asked directly (what the page must show)."""
     return httpx.post(f"{server}/v1/predict", files={"file": (name, data)}, timeout=30)
@@ -232,6 +326,9 @@ TEXT_SELECTORS = (
     "h1", "h2", ".lede", "#model-line", ".hint", "#timer", ".timer-max", ".dropzone-text", "label.button",
     ".button-record", "#send-button:enabled", "summary", ".clip-name", ".bar-name", ".bar-value",
     "#result-label", "#result-confidence", "figcaption", ".meta dt", ".meta dd", "#error",
+    "#job-text", "#job-percent", ".legend-name", ".swatch", ".band-tag", ".tick", ".segment-time",
+    ".segment-label", ".segment-confidence", "#live-status", "#live-label", ".live-figures", "#live-error",
+    ".window-list li", "#timeline-notes p",
 )  # fmt: skip
 
 
@@ -416,7 +513,7 @@ def test_a_too_short_recording_shows_why_and_is_not_sent(ui: PageUnderTest, scre
     page.wait_for_timeout(150)
     stop.click()
 
-    error = page.get_by_role("alert")
+    error = page.locator("#error[role=alert]")
     sync_api.expect(error).to_be_visible()
     sync_api.expect(error).to_contain_text("Too short: the recording is")
     sync_api.expect(error).to_contain_text("the service needs at least 0.5 s of speech")
@@ -457,7 +554,7 @@ def test_an_error_from_the_service_is_shown_in_its_words(
     send.click()
 
     # The service's own words (the page starts them with a capital and ends them with a full stop).
-    error = page.get_by_role("alert")
+    error = page.locator("#error[role=alert]")
     sync_api.expect(error).to_have_text(re.compile(re.escape(refusal.json()["error"]), re.IGNORECASE))
     sync_api.expect(send).to_be_enabled()
     sync_api.expect(page.locator("#progress")).to_be_hidden()
@@ -603,3 +700,397 @@ def test_the_page_says_when_the_demo_model_is_served(ui: PageUnderTest, server: 
     ui.page.unroute("**/v1/info")
     page = ui.open("/")
     sync_api.expect(page.locator("#demo-note")).to_be_hidden()
+
+
+# --- long recordings: a job, then the timeline ----------------------------------------------------
+
+
+@pytest.mark.browser
+@pytest.mark.realdata
+def test_a_long_recording_gets_a_timeline_that_seeks_the_player(
+    browser: Any, timeline_server: str, ravdess_recording: tuple[Path, list, list], screenshot_dir: Path
+) -> None:
+    flac = ravdess_recording[0].read_bytes()
+    ui = PageUnderTest(browser, timeline_server, viewport={"width": 1100, "height": 900})
+    try:
+        page = ui.open("/", model_line=model_line_of(timeline_server))
+        page.set_input_files(
+            "#file-input", files=[{"name": "actors-21-24.flac", "mimeType": "audio/flac", "buffer": flac}]
+        )
+        sync_api.expect(page.locator("#clip-duration")).to_have_text(re.compile(r"^\(89\.\d\d s\)$"))
+        sync_api.expect(page.locator("#clip-note")).to_contain_text("the service will make a timeline of it")
+
+        # The job takes seconds here; the first poll is answered "running, 42%" and the second held, to
+        # see the progress as a long recording shows it.
+        polls: list[Any] = []
+
+        def on_poll(route: Any) -> None:
+            polls.append(route)
+            if len(polls) == 1:
+                body = route.fetch().json()
+                route.fulfill(
+                    json={
+                        **body,
+                        "state": "running",
+                        "progress": 0.42,
+                        "audio_seconds_done": 37.7,
+                        "result": None,
+                    }
+                )
+
+        page.route("**/v1/jobs/*", on_poll)
+        with page.expect_response(
+            lambda r: r.url.endswith("/v1/jobs") and r.request.method == "POST"
+        ) as made:
+            page.get_by_role("button", name="Analyse emotion").click()
+        assert made.value.status == 202, made.value.text()
+        job_id = made.value.json()["id"]
+        sync_api.expect(page.locator("#job-percent")).to_have_text("42%")
+        sync_api.expect(page.get_by_role("progressbar")).to_have_attribute("value", "42")
+        sync_api.expect(page.locator("#job-text")).to_have_text(
+            "Analysing: 37.7 s of 1 min 30 s of audio done."
+        )
+        sync_api.expect(page.get_by_role("button", name="Cancel the analysis")).to_be_visible()
+        sync_api.expect(page.get_by_role("button", name="Analyse emotion")).to_be_disabled()
+        assert contrast_failures(page) == []
+        page.screenshot(path=screenshot_dir / "14-timeline-progress.png", full_page=True)
+        while len(polls) < 2:
+            page.wait_for_timeout(50)
+        polls[1].continue_()
+        page.unroute("**/v1/jobs/*")
+
+        sync_api.expect(page.locator("#timeline-section")).to_be_visible(timeout=60_000)
+        sync_api.expect(page.locator("#job-progress")).to_be_hidden()
+        job = httpx.get(f"{timeline_server}/v1/jobs/{job_id}", timeout=10).json()
+        assert job["state"] == "done"
+        result = job["result"]
+        segments, windows, summary = result["segments"], result["windows"], result["summary"]
+        assert len(segments) >= 10 and len(windows) >= len(segments)  # real speech, many clips
+        sync_api.expect(page.locator("#timeline-title")).to_have_text("2. Timeline")
+        sync_api.expect(page.locator("#timeline-for")).to_have_text("for actors-21-24.flac")
+
+        # One band per segment, in its emotion's colour and with its name (or the legend's initial).
+        bands = page.locator("#timeline-bands .band")
+        sync_api.expect(bands).to_have_count(len(segments))
+        assert [band.get_attribute("data-emotion") for band in bands.all()] == [s["label"] for s in segments]
+        tags = bands.locator(".band-tag").all_inner_texts()
+        for tag, segment in zip(tags, segments, strict=True):
+            assert tag in (segment["label"], segment["label"][0].upper(), ""), (tag, segment)
+        assert sum(bool(tag) for tag in tags) >= 0.8 * len(
+            tags
+        )  # only a sliver too thin for a letter has none
+        colours = page.evaluate(
+            """() => [...document.querySelectorAll("#timeline-bands .band-tag")].map(
+                (tag) => getComputedStyle(tag).backgroundColor)"""
+        )
+        assert len(set(colours)) == len({s["label"] for s in segments})
+        assert page.locator("#legend .legend-name").all_text_contents() == list(EMOTIONS)
+        assert page.locator("#legend .swatch").all_inner_texts() == [e[0].upper() for e in EMOTIONS]
+        sync_api.expect(page.locator("#timeline-lines path.prob-line")).to_have_count(6)
+        assert painted_pixels(page, "timeline-wave") > 1000
+
+        # The segment list and the summary are the service's.
+        items = page.locator("#segments .segment")
+        sync_api.expect(items).to_have_count(len(segments))
+        for text, segment in zip(items.all_text_contents(), segments, strict=True):
+            assert f"{clock(segment['start'])}–{clock(segment['end'])}" in text, (text, segment)
+            assert segment["label"] in text and f"{math.floor(100 * segment['confidence'] + 0.5)}%" in text
+        sync_api.expect(page.locator("#summary-dominant")).to_have_text(summary["dominant"])
+        sync_api.expect(page.locator("#summary-changes")).to_have_text(str(summary["changes"]))
+        share = math.floor(100 * summary["speech_s"] / summary["duration_s"] + 0.5)
+        sync_api.expect(page.locator("#summary-speech")).to_have_text(
+            f"{js_fixed(summary['speech_s'], 1)} s of 1 min 30 s ({share}%)"
+        )
+        rows = page.locator("#emotion-time .bar-row")
+        assert rows.locator(".bar-name").all_text_contents() == list(EMOTIONS)
+        assert rows.locator(".bar-value").all_inner_texts() == [
+            f"{js_fixed(summary['emotion_seconds'][e], 1)} s" for e in EMOTIONS
+        ]
+        assert contrast_failures(page) == []
+        page.locator("#timeline-section").scroll_into_view_if_needed()
+        page.screenshot(path=screenshot_dir / "15-timeline.png", full_page=True)
+
+        # A click on the timeline plays from there; the player's time is the cursor.
+        duration = float(page.locator("#timeline").get_attribute("aria-valuemax") or 0)
+        assert duration == pytest.approx(summary["duration_s"], abs=0.1)
+        box = page.locator("#timeline").bounding_box()
+        assert box is not None
+        page.mouse.click(box["x"] + 0.5 * box["width"], box["y"] + 40)
+        assert player_time(page) == pytest.approx(duration / 2, abs=0.2)
+        cursor = page.locator("#timeline-cursor")
+        sync_api.expect(cursor).to_be_visible()
+        assert cursor.bounding_box()["x"] == pytest.approx(box["x"] + 0.5 * box["width"], abs=3)  # type: ignore[index]
+
+        # A segment's button plays it; so does the keyboard (arrows move, Enter plays).
+        items.nth(3).click()
+        assert player_time(page) == pytest.approx(segments[3]["start"], abs=0.01)
+        page.locator("#timeline").focus()
+        for key in ("Home", "ArrowRight", "ArrowRight", "Shift+ArrowRight", "ArrowLeft"):
+            page.keyboard.press(key)
+        sync_api.expect(page.locator("#timeline")).to_have_attribute("aria-valuenow", "11.0")
+        sync_api.expect(page.locator("#timeline-mark")).to_be_visible()
+        page.keyboard.press("Enter")
+        assert player_time(page) == pytest.approx(11.0, abs=0.01)
+
+        # The downloads: one CSV row per window, and the timeline as the service sent it.
+        with page.expect_download() as csv_download:
+            page.get_by_role("link", name="Download CSV").click()
+        assert csv_download.value.suggested_filename == "actors-21-24-timeline.csv"
+        table = list(csv.reader(Path(csv_download.value.path()).read_text().splitlines()))
+        assert table[0] == ["start", "end", "label", "confidence", "uncertain", *EMOTIONS]
+        assert len(table) == 1 + len(windows)
+        for row, window in zip(table[1:], windows, strict=True):
+            assert [float(row[0]), float(row[1]), row[2], float(row[3]), row[4]] == [
+                window["start"], window["end"], window["label"], window["confidence"], str(window["uncertain"]).lower()
+            ]  # fmt: skip
+            assert [float(v) for v in row[5:]] == [window["probabilities"][e] for e in EMOTIONS]
+        with page.expect_download() as json_download:
+            page.get_by_role("link", name="Download JSON").click()
+        assert json_download.value.suggested_filename == "actors-21-24-timeline.json"
+        assert json.loads(Path(json_download.value.path()).read_text()) == result
+
+        page.emulate_media(color_scheme="dark")
+        assert contrast_failures(page) == []
+        page.screenshot(path=screenshot_dir / "16-timeline-dark.png", full_page=True)
+    finally:
+        ui.close()
+
+
+@pytest.mark.browser
+def test_a_long_recording_without_speech_says_so_on_a_phone(
+    browser: Any, server: str, screenshot_dir: Path
+) -> None:
+    phone = PageUnderTest(
+        browser,
+        server,
+        viewport={"width": 390, "height": 844},
+        device_scale_factor=2,
+        is_mobile=True,
+        has_touch=True,
+    )
+    try:
+        page = phone.open("/")
+        hiss = np.random.default_rng(7).normal(0, 0.003, 16_000 * 35).astype(np.float32)
+        page.set_input_files(
+            "#file-input", files=[{"name": "hiss.wav", "mimeType": "audio/wav", "buffer": wav_bytes(hiss)}]
+        )
+        sync_api.expect(page.locator("#clip-duration")).to_have_text("(35.00 s)")
+        page.get_by_role("button", name="Analyse emotion").click()
+        sync_api.expect(page.locator("#timeline-notes")).to_have_text(
+            "No speech was found in this recording, so there is no emotion to show."
+        )
+        sync_api.expect(page.locator("#timeline-bands .band")).to_have_count(0)
+        sync_api.expect(page.locator("#segments")).to_have_text("No segments: no speech was labelled.")
+        sync_api.expect(page.locator("#summary-dominant")).to_have_text("none (no speech)")
+        sync_api.expect(page.locator("#summary-speech")).to_have_text("0.0 s of 35.0 s (0%)")
+        sync_api.expect(page.locator("#announce")).to_have_text(
+            "The timeline is ready: no speech was found in the recording."
+        )
+        # The timeline fits the phone: nothing sticks out sideways.
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
+        for selector in ("#timeline", "#timeline-player", "#downloads"):
+            box = page.locator(selector).bounding_box()
+            assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390, selector
+        assert contrast_failures(page) == []
+        page.screenshot(path=screenshot_dir / "17-timeline-no-speech-phone.png", full_page=True)
+    finally:
+        phone.close()
+
+
+# --- live mode: the microphone streamed over the WebSocket ----------------------------------------
+
+#: Keeps every stream the page opens, so a test can tell whether the microphone was released.
+TRACK_MICROPHONES = """(() => {
+    const open = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+    window.__streams = [];
+    navigator.mediaDevices.getUserMedia = async (constraints) => {
+        const stream = await open(constraints);
+        window.__streams.push(stream);
+        return stream;
+    };
+})();"""
+
+
+def open_microphones(page: Any) -> int:
+    """Microphone tracks the page still holds open."""
+    return page.evaluate(
+        "() => window.__streams.flatMap((s) => s.getTracks()).filter((t) => t.readyState === 'live').length"
+    )
+
+
+def live_seconds(page: Any) -> float:
+    return float(page.locator("#live-timer").inner_text().removesuffix(" s"))
+
+
+def wait_for_live_seconds(page: Any, seconds: float) -> None:
+    page.wait_for_function(
+        "(s) => parseFloat(document.getElementById('live-timer').textContent) >= s",
+        arg=seconds,
+        timeout=(seconds + 15) * 1000,
+    )
+
+
+def shown_windows(page: Any) -> list[dict[str, Any]]:
+    """The live windows the page drew: start, end, label and lag (the audio sent past their end)."""
+    return page.evaluate(
+        """() => [...document.querySelectorAll("#window-list li")].map((li) => ({
+            start: Number(li.dataset.start), end: Number(li.dataset.end),
+            label: li.dataset.label, lag: Number(li.dataset.lagS),
+        }))"""
+    )
+
+
+@pytest.mark.browser
+@pytest.mark.realdata
+def test_live_mode_shows_each_window_within_2_s_and_the_summary_after_stop(
+    live_browser: Any, timeline_server: str, screenshot_dir: Path
+) -> None:
+    ui = PageUnderTest(live_browser, timeline_server, viewport={"width": 1100, "height": 900})
+    frames: list[Any] = []
+    ui.page.on("websocket", lambda socket: socket.on("framesent", lambda payload: frames.append(payload)))
+    ui.page.add_init_script(TRACK_MICROPHONES)
+    try:
+        page = ui.open("/", model_line=model_line_of(timeline_server))
+        with page.expect_websocket() as opened:
+            page.get_by_role("button", name="Start live").click()
+        assert opened.value.url == timeline_server.replace("http://", "ws://") + "/v1/stream"
+        sync_api.expect(page.locator("#live-status")).to_have_text(
+            "Listening: speak now. Press “Stop live” when you are done."
+        )
+        sync_api.expect(page.get_by_role("button", name="Record")).to_be_disabled()
+        sync_api.expect(page.locator("#live-label")).to_have_attribute("aria-live", "polite")
+
+        # The windows arrive while the speaker talks, the timeline growing with them.
+        wait_for_live_seconds(page, 9)
+        assert len(shown_windows(page)) >= 2
+        sync_api.expect(page.locator("#timeline-bands .band").first).to_be_visible()
+        sync_api.expect(page.locator("#timeline-lines path.prob-line")).to_have_count(6)
+        assert page.locator("#live-label").text_content() in EMOTIONS
+        assert contrast_failures(page) == []
+        page.screenshot(path=screenshot_dir / "18-live.png", full_page=True)
+        wait_for_live_seconds(page, 17)
+        page.get_by_role("button", name="Stop live").click()
+        sync_api.expect(page.locator("#live-status")).to_have_text(
+            "Stopped. The summary of the session is below.", timeout=30_000
+        )
+        sent_seconds = live_seconds(page)
+
+        windows = shown_windows(page)
+        assert len(windows) >= 5, windows  # six sentences of about 2 s (one window each) in 17 s
+        for window in windows:
+            # Each window came at most 2 s after the page had sent the audio it ends with.
+            assert -0.01 <= window["lag"] <= 2.0, window
+            assert window["label"] in EMOTIONS and window["end"] <= sent_seconds + 0.01
+        assert len({w["label"] for w in windows}) >= 2, windows  # happy, disgust and fear were spoken
+        assert page.locator("#live-delay").get_attribute("data-lag-s") is not None
+
+        # The protocol as the page spoke it: start, ~100 ms float32 frames at the context's rate, stop.
+        start = json.loads(frames[0])
+        assert start == {
+            "type": "start",
+            "format": "f32le",
+            "sample_rate": start["sample_rate"],
+            "channels": 1,
+        }
+        audio = [f for f in frames if isinstance(f, bytes)]
+        assert {len(f) for f in audio} == {4 * round(start["sample_rate"] * 0.1)}
+        assert len(audio) * 0.1 == pytest.approx(sent_seconds, abs=0.15)
+        assert json.loads(frames[-1]) == {"type": "stop"}
+
+        # The summary: the service's timeline of the whole session, its bands and segments.
+        sync_api.expect(page.locator("#timeline-title")).to_have_text("Live timeline")
+        sync_api.expect(page.locator("#timeline-summary")).to_be_visible()
+        assert page.locator("#summary-dominant").text_content() in EMOTIONS
+        segments = page.locator("#segments .segment")
+        assert segments.count() >= 3
+        sync_api.expect(page.locator("#timeline-bands .band")).to_have_count(segments.count())
+        sync_api.expect(page.locator("#live-error")).to_be_empty()
+        assert open_microphones(page) == 0
+        sync_api.expect(page.get_by_role("button", name="Start live")).to_be_enabled()
+        with page.expect_download() as csv_download:
+            page.get_by_role("link", name="Download CSV").click()
+        rows = Path(csv_download.value.path()).read_text().splitlines()
+        assert rows[0].startswith("start,end,label,confidence,uncertain,") and len(rows) >= 1 + len(
+            segments.all()
+        )
+        assert contrast_failures(page) == []
+        page.screenshot(path=screenshot_dir / "19-live-summary.png", full_page=True)
+    finally:
+        ui.close()
+
+
+@pytest.mark.browser
+@pytest.mark.realdata
+def test_live_mode_survives_the_service_ending_the_stream(
+    live_browser: Any, short_stream_server: str, screenshot_dir: Path
+) -> None:
+    ui = PageUnderTest(live_browser, short_stream_server, viewport={"width": 1100, "height": 900})
+    ui.page.add_init_script(TRACK_MICROPHONES)
+    events: list[dict[str, Any]] = []
+    ui.page.on(
+        "websocket", lambda socket: socket.on("framereceived", lambda text: events.append(json.loads(text)))
+    )
+    try:
+        page = ui.open("/", model_line=model_line_of(short_stream_server))
+        page.get_by_role("button", name="Start live").click()
+        sync_api.expect(page.locator("#live-timer-max")).to_have_text("of 7.0 s")
+
+        # At 7 s of audio the service ends the stream: an error event, the summary, a close with the reason;
+        # the page says so in the service's words (as a sentence) and keeps the summary.
+        error = page.locator("#live-error")
+        sync_api.expect(error).to_contain_text("Live analysis stopped: ", timeout=20_000)
+        refusal = next(e["error"] for e in events if e["type"] == "error")
+        assert refusal["type"] == "stream_too_long"
+        words = refusal["message"][0].upper() + refusal["message"][1:]
+        words += "" if words.endswith((".", "!", "?")) else "."
+        sync_api.expect(error).to_have_text(
+            f"Live analysis stopped: {words} The summary of what was heard is below. "
+            "Press “Start live” to start again."
+        )
+        assert [e["type"] for e in events][-2:] == ["error", "summary"]
+        sync_api.expect(error).to_have_attribute("role", "alert")
+        drawn = shown_windows(page)
+        assert drawn and all(w["lag"] <= 2.0 for w in drawn)
+        sync_api.expect(page.locator("#timeline-summary")).to_be_visible()
+        sync_api.expect(page.locator("#timeline-bands .band").first).to_be_visible()
+        assert open_microphones(page) == 0
+        assert contrast_failures(page) == []
+        page.screenshot(path=screenshot_dir / "20-live-ended-by-the-service.png", full_page=True)
+
+        # A new session starts cleanly and can be stopped before the limit.
+        page.get_by_role("button", name="Start live").click()
+        sync_api.expect(page.locator("#live-status")).to_contain_text("Listening")
+        sync_api.expect(error).to_be_empty()
+        sync_api.expect(page.locator("#window-list li").first).to_be_attached(timeout=10_000)
+        page.get_by_role("button", name="Stop live").click()
+        sync_api.expect(page.locator("#live-status")).to_have_text(
+            "Stopped. The summary of the session is below.", timeout=30_000
+        )
+        sync_api.expect(error).to_be_empty()
+        assert open_microphones(page) == 0
+
+        # An abrupt end: the connection is cut after the first window, with no error event and no reason.
+        def cut_after_first_window(route: Any) -> None:
+            service = route.connect_to_server()
+
+            def forward(message: str | bytes) -> None:
+                route.send(message)
+                if isinstance(message, str) and json.loads(message)["type"] == "window":
+                    route.close(code=1011)
+                    service.close()
+
+            service.on_message(forward)
+
+        page.route_web_socket(re.compile(r"/v1/stream$"), cut_after_first_window)
+        page.get_by_role("button", name="Start live").click()
+        sync_api.expect(error).to_have_text(
+            "Live analysis stopped: The service had an internal error. What was drawn is kept below. "
+            "Press “Start live” to start again.",
+            timeout=15_000,
+        )
+        assert len(shown_windows(page)) == 1
+        sync_api.expect(page.locator("#timeline-bands .band")).to_have_count(1)
+        assert open_microphones(page) == 0
+        sync_api.expect(page.get_by_role("button", name="Start live")).to_be_enabled()
+    finally:
+        ui.close()
