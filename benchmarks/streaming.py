@@ -191,11 +191,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="audio per stream (s)")
     parser.add_argument("--out", type=Path, default=Path("benchmark-streaming.json"))
     args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="ser-streaming-") as work:
+        report = _measure(args, Path(work))
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
+    return 0
 
+
+def _measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Serve a bundle on ``args.model`` from ``work`` and stream to it; the report."""
     from benchmarks.http import free_port, percentiles, stop_server, wait_ready
     from benchmarks.recordings import build_recording, pick_clips, ravdess_clips
 
-    work = Path(tempfile.mkdtemp(prefix="ser-streaming-"))
     bundle = _bundle(work, args.model)
     clips = ravdess_clips(args.data_dir, range(21, 25))
     waves = []
@@ -244,6 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "streams": args.streams,
         "seconds_per_stream": args.seconds,
         "frame_seconds": 0.1,
+        "settings": {k: v for k, v in sorted(os.environ.items()) if k.startswith("SER_")},
         "windows": len(delays),
         "dropped": sum(len(r.of_type("warning")) for r in runs),
         "errors": [e["error"] for r in runs for e in r.of_type("error")],
@@ -268,9 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"delay median {summary.get('p50_s', float('nan')):.3f} s, p95 {summary.get('p95_s', float('nan')):.3f} s, "
         f"max {summary.get('max_s', float('nan')):.3f} s; {report['dropped']} dropped"
     )
-    args.out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.out}")
-    return 0
+    return report
 
 
 if __name__ == "__main__":

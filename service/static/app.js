@@ -586,29 +586,7 @@
     el.bars.replaceChildren();
     for (const name of order) {
       const p = Number(probabilities[name]) || 0;
-      const row = document.createElement("li");
-      row.className = "bar-row" + (name === top ? " is-top" : "");
-      row.dataset.emotion = name;
-
-      const label = document.createElement("span");
-      label.className = "bar-name";
-      label.textContent = name;
-
-      const track = document.createElement("span");
-      track.className = "bar-track";
-      track.setAttribute("aria-hidden", "true");
-      const fill = document.createElement("span");
-      fill.className = "bar-fill";
-      fill.dataset.emotion = name;
-      fill.style.display = "block";
-      fill.style.width = `${(100 * Math.min(1, Math.max(0, p))).toFixed(1)}%`;
-      track.appendChild(fill);
-
-      const value = document.createElement("span");
-      value.className = "bar-value";
-      value.textContent = percent(p);
-
-      row.append(label, track, value);
+      const row = window.SERTimeline.barRow(name, p, name === top, percent(p));
       el.bars.appendChild(row);
     }
   }

@@ -439,25 +439,8 @@ window.SERTimeline = (function () {
       for (const name of Object.keys(seconds)) if (!order.includes(name)) order.push(name);
       for (const name of order) {
         const value = Number(seconds[name]) || 0;
-        const row = document.createElement("li");
-        row.className = "bar-row" + (name === summary.dominant ? " is-top" : "");
-        row.dataset.emotion = name;
-        const label = document.createElement("span");
-        label.className = "bar-name";
-        label.textContent = name;
-        const track = document.createElement("span");
-        track.className = "bar-track";
-        track.setAttribute("aria-hidden", "true");
-        const fill = document.createElement("span");
-        fill.className = "bar-fill";
-        fill.dataset.emotion = name;
-        fill.style.display = "block";
-        fill.style.width = `${total > 0 ? ((100 * value) / total).toFixed(1) : 0}%`;
-        track.appendChild(fill);
-        const text = document.createElement("span");
-        text.className = "bar-value";
-        text.textContent = `${value.toFixed(1)} s`;
-        row.append(label, track, text);
+        const fraction = total > 0 ? value / total : 0;
+        const row = barRow(name, fraction, name === summary.dominant, `${value.toFixed(1)} s`);
         el.emotionTime.appendChild(row);
       }
     }
@@ -663,6 +646,30 @@ window.SERTimeline = (function () {
   }
 
   /** A timeline warning from the service in plain words (the service's own text kept). */
+  /** One row of a bar chart: the emotion's name, a bar filled to ``fraction`` (0-1), and ``valueText``. */
+  function barRow(name, fraction, isTop, valueText) {
+    const row = document.createElement("li");
+    row.className = "bar-row" + (isTop ? " is-top" : "");
+    row.dataset.emotion = name;
+    const label = document.createElement("span");
+    label.className = "bar-name";
+    label.textContent = name;
+    const track = document.createElement("span");
+    track.className = "bar-track";
+    track.setAttribute("aria-hidden", "true");
+    const fill = document.createElement("span");
+    fill.className = "bar-fill";
+    fill.dataset.emotion = name;
+    fill.style.display = "block";
+    fill.style.width = `${(100 * Math.min(1, Math.max(0, fraction))).toFixed(1)}%`;
+    track.appendChild(fill);
+    const value = document.createElement("span");
+    value.className = "bar-value";
+    value.textContent = valueText;
+    row.append(label, track, value);
+    return row;
+  }
+
   function warningText(warning) {
     const [kind, ...rest] = warning.split(":");
     const detail = rest.join(":").trim();
@@ -676,5 +683,5 @@ window.SERTimeline = (function () {
     return warning;
   }
 
-  return { create, clock, span, livePeaks, timelineCsv, PEAKS_PER_SECOND };
+  return { create, clock, span, barRow, livePeaks, timelineCsv, PEAKS_PER_SECOND };
 })();

@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -27,6 +30,7 @@ from shared.constants import EMOTIONS, SAMPLE_RATE
 from shared.signals import speech_like
 
 KEY = "stream-test-key-0123456789"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def conversation() -> np.ndarray:
@@ -293,6 +297,14 @@ def test_streams_beyond_the_limit_are_refused_with_a_reason(server: Any) -> None
     wait_until(lambda: run(exchange(ws_url(server.url), START, json.dumps({"type": "stop"})))[1] == 1000)
 
 
+def test_a_frame_over_the_size_limit_closes_the_stream_with_1009(server: Any) -> None:
+    too_big = bytes(ServiceSettings.model_fields["stream_max_frame_bytes"].default + 2)
+    events, code, _ = run(exchange(ws_url(server.url), START, too_big))
+    assert code == 1009 and {e["type"] for e in events} <= {"ready"}
+    # the server goes on: the next stream is served
+    assert run(exchange(ws_url(server.url), START, json.dumps({"type": "stop"})))[1] == 1000
+
+
 def test_a_cross_site_page_may_not_open_a_stream(server: Any) -> None:
     async def scenario() -> tuple[int | None, str]:
         async with websockets.connect(ws_url(server.url), origin="https://evil.example") as ws:  # type: ignore[arg-type]
@@ -304,6 +316,23 @@ def test_a_cross_site_page_may_not_open_a_stream(server: Any) -> None:
 
     code, reason = run(scenario())
     assert code == 1008 and "SER_CORS_ORIGINS" in reason
+
+
+def test_the_readme_client_runs_as_written(server: Any, tmp_path: Path) -> None:
+    (example,) = [
+        b for b in re.findall(r"```python\n(.*?)```", README.read_text(), re.S) if "/v1/stream" in b
+    ]
+    assert 'follow("speech.wav")' in example
+    sf.write(tmp_path / "speech.wav", (conversation() * 32767).astype(np.int16), SAMPLE_RATE)
+    code = example.replace("ws://127.0.0.1:8000/v1/stream", ws_url(server.url))
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    windows = [line for line in lines if re.match(r"^\s*[\d.]+-\s*[\d.]+ s  \w+\s+0\.\d\d$", line)]
+    assert len(windows) >= 3, done.stdout
+    assert lines[-1].startswith("dominant: ") and lines[-1].split()[-1] in EMOTIONS
 
 
 # --- API keys -------------------------------------------------------------------------------------

@@ -215,6 +215,15 @@ def live_browser(playwright_driver: Any, live_mic_wav: Path) -> Iterator[Any]:
     yield from _launch_chromium(playwright_driver, live_mic_wav)
 
 
+#: A phone's browser: 390 x 844 CSS pixels at twice the density, touch.
+PHONE: dict[str, Any] = {
+    "viewport": {"width": 390, "height": 844},
+    "device_scale_factor": 2,
+    "is_mobile": True,
+    "has_touch": True,
+}
+
+
 class PageUnderTest:
     """A fresh browser context on the page, recording page errors and requests to /v1/predict."""
 
@@ -622,14 +631,7 @@ def test_keyboard_alone_reaches_every_control(ui: PageUnderTest, screenshot_dir:
 
 @pytest.mark.browser
 def test_the_page_fits_a_phone(browser: Any, server: str, screenshot_dir: Path) -> None:
-    phone = PageUnderTest(
-        browser,
-        server,
-        viewport={"width": 390, "height": 844},
-        device_scale_factor=2,
-        is_mobile=True,
-        has_touch=True,
-    )
+    phone = PageUnderTest(browser, server, **PHONE)
     try:
         page = phone.open("/")
         page.screenshot(path=screenshot_dir / "09-phone-start.png", full_page=True)
@@ -860,14 +862,7 @@ def test_a_long_recording_gets_a_timeline_that_seeks_the_player(
 def test_a_long_recording_without_speech_says_so_on_a_phone(
     browser: Any, server: str, screenshot_dir: Path
 ) -> None:
-    phone = PageUnderTest(
-        browser,
-        server,
-        viewport={"width": 390, "height": 844},
-        device_scale_factor=2,
-        is_mobile=True,
-        has_touch=True,
-    )
+    phone = PageUnderTest(browser, server, **PHONE)
     try:
         page = phone.open("/")
         hiss = np.random.default_rng(7).normal(0, 0.003, 16_000 * 35).astype(np.float32)
