@@ -30,11 +30,15 @@ from shared.backbones.checkpoint import EncoderSource, config_digest
 from shared.backbones.options import EncoderOptions
 from shared.constants import SAMPLE_RATE
 from shared.errors import BackboneError
+from shared.signals import speech_like
 
 #: The shortest input one encoder frame needs (400 samples = 25 ms at 16 kHz, HuBERT's receptive field).
 MIN_SAMPLES = 400
 #: A window tail shorter than this (samples) adds noise, not information, and is left out.
 MIN_TAIL_SAMPLES = SAMPLE_RATE // 10
+#: Generated voiced signals on which reduced-precision weights are calibrated (bias correction).
+CALIBRATION_CLIPS = 8
+CALIBRATION_SEED = 20_000
 
 
 class PooledSpeechEncoder:
@@ -207,6 +211,14 @@ class PooledSpeechEncoder:
             if start > 0 and chunk.shape[0] < MIN_TAIL_SAMPLES:
                 continue
             yield start, self._forward([chunk])[0]
+
+    def calibration_waves(self) -> list[np.ndarray]:
+        """Generated voiced signals of 2-3.75 s, normalised as the encoder's inputs are: a correction for
+        rounded weights needs each layer's mean input over speech-like sound, not any particular speech."""
+        return [
+            self._normalize(speech_like(2.0 + 0.25 * i, seed=CALIBRATION_SEED + i))
+            for i in range(CALIBRATION_CLIPS)
+        ]
 
     def _normalize(self, wave: np.ndarray) -> np.ndarray:
         if not self.do_normalize:

@@ -114,7 +114,10 @@ class OnnxEncoder(PooledSpeechEncoder):
         if self.dtype == "fp32":
             return fp32_model
         int8_entry = self._entry("int8")
-        self._build_entry(int8_entry, lambda folder: quantize_encoder(fp32_model, folder / "encoder.onnx"))
+        self._build_entry(
+            int8_entry,
+            lambda folder: quantize_encoder(fp32_model, folder / "encoder.onnx", self.calibration_waves()),
+        )
         return int8_entry / "encoder.onnx"
 
     def _build_entry(self, entry: Path, build: Callable[[Path], None]) -> None:

@@ -44,7 +44,6 @@ from shared.backbones.torch.precision import (
     restore_from_checkpoint,
 )
 from shared.errors import BackboneError
-from shared.signals import speech_like
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +53,6 @@ HALF_PRECISION_METHOD = "half-weights-fp32-activations-bias-corrected-v1"
 #: differ between the project's modules and transformers' model, hence one file for each).
 FULL_PRECISION_FILE = "full_precision.safetensors"
 FULL_PRECISION_FILE_TRANSFORMERS = "full_precision-transformers.safetensors"
-CALIBRATION_CLIPS = 8
-CALIBRATION_SEED = 20_000
 
 
 class TorchEncoder(PooledSpeechEncoder):
@@ -185,16 +182,14 @@ class TorchEncoder(PooledSpeechEncoder):
 
     @torch.inference_mode()
     def _run_calibration(self, model: torch.nn.Module) -> None:
-        # Generated voiced signals: the correction needs each layer's mean input over speech-like
-        # sound, not any particular speech. The feature encoder runs its convolution modules here, not
-        # its time-major products, so that their input hooks see what they are given.
+        # The feature encoder runs its convolution modules here, not its time-major products, so that
+        # their input hooks see what they are given.
         encoder: Any = getattr(model, "feature_extractor", None)
         time_major = getattr(encoder, "time_major", False)
         if time_major:
             encoder.time_major = False
         try:
-            for i in range(CALIBRATION_CLIPS):
-                wave = self._normalize(speech_like(2.0 + 0.25 * i, seed=CALIBRATION_SEED + i))
+            for wave in self.calibration_waves():
                 model(torch.from_numpy(wave)[None].to(self.device))
         finally:
             if time_major:
