@@ -592,15 +592,7 @@
   }
 
   function drawWaveform(buffer) {
-    const canvas = el.waveform;
-    const ratio = window.devicePixelRatio || 1;
-    const width = Math.max(1, canvas.clientWidth);
-    const height = Math.max(1, canvas.clientHeight);
-    canvas.width = Math.round(width * ratio);
-    canvas.height = Math.round(height * ratio);
-    const ctx = canvas.getContext("2d");
-    ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
-    ctx.clearRect(0, 0, width, height);
+    const { ctx, width, height } = window.SERTimeline.clearedCanvas(el.waveform);
     const style = getComputedStyle(document.documentElement);
     const mid = height / 2;
 

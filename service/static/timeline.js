@@ -319,15 +319,7 @@ window.SERTimeline = (function () {
     }
 
     function drawWave() {
-      const canvas = el.wave;
-      const ratio = window.devicePixelRatio || 1;
-      const width = Math.max(1, canvas.clientWidth);
-      const height = Math.max(1, canvas.clientHeight);
-      canvas.width = Math.round(width * ratio);
-      canvas.height = Math.round(height * ratio);
-      const ctx = canvas.getContext("2d");
-      ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
-      ctx.clearRect(0, 0, width, height);
+      const { ctx, width, height } = clearedCanvas(el.wave);
       const peaks = state.peaks;
       if (!peaks || !peaks.count) return;
       const mid = height / 2 + 8; // below the band tags
@@ -646,6 +638,19 @@ window.SERTimeline = (function () {
   }
 
   /** A timeline warning from the service in plain words (the service's own text kept). */
+  /** ``canvas`` sized to its box at the screen's pixel density and cleared; drawing is in CSS pixels. */
+  function clearedCanvas(canvas) {
+    const ratio = window.devicePixelRatio || 1;
+    const width = Math.max(1, canvas.clientWidth);
+    const height = Math.max(1, canvas.clientHeight);
+    canvas.width = Math.round(width * ratio);
+    canvas.height = Math.round(height * ratio);
+    const ctx = canvas.getContext("2d");
+    ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+    ctx.clearRect(0, 0, width, height);
+    return { ctx, width, height };
+  }
+
   /** One row of a bar chart: the emotion's name, a bar filled to ``fraction`` (0-1), and ``valueText``. */
   function barRow(name, fraction, isTop, valueText) {
     const row = document.createElement("li");
@@ -683,5 +688,5 @@ window.SERTimeline = (function () {
     return warning;
   }
 
-  return { create, clock, span, barRow, livePeaks, timelineCsv, PEAKS_PER_SECOND };
+  return { create, clock, span, barRow, clearedCanvas, livePeaks, timelineCsv, PEAKS_PER_SECOND };
 })();
