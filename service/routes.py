@@ -41,6 +41,7 @@ from service.schemas import (
     ErrorBody,
     HealthResponse,
     InfoResponse,
+    LiveStreamInfo,
     ModelRef,
     PredictionResponse,
     ReadyResponse,
@@ -48,6 +49,7 @@ from service.schemas import (
     TimingsMs,
 )
 from service.sessions import SESSION_ID_MAX_LENGTH, check_session_id
+from service.settings import ServiceSettings
 from shared.audio import SUPPORTED_FORMATS
 from shared.constants import EMOTIONS
 from shared.demo import is_demo_bundle
@@ -639,6 +641,19 @@ async def ready(engine: EngineDep) -> ReadyResponse:
     return ReadyResponse(model=model_ref(engine))
 
 
+def live_stream_info(settings: ServiceSettings) -> LiveStreamInfo:
+    from service.audio_stream import FORMATS, MAX_CHANNELS, PCM_RATES
+
+    options = settings.timeline_options()
+    return LiveStreamInfo(
+        formats=list(FORMATS),
+        pcm_sample_rates=list(PCM_RATES),
+        max_channels=MAX_CHANNELS,
+        window_seconds=options.window_seconds,
+        hop_seconds=options.hop_seconds,
+    )
+
+
 @guarded.get(
     "/v1/info",
     response_model=InfoResponse,
@@ -667,6 +682,7 @@ async def info(request: Request, engine: EngineDep) -> InfoResponse:
         settings=settings,
         encoder=encoder,
         accepted_formats=SUPPORTED_FORMATS,
+        live_stream=live_stream_info(engine.settings),
         demo=is_demo_bundle(engine.bundle_dir),
         notice=demo_notice(engine.bundle_dir),
     )

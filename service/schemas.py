@@ -150,6 +150,17 @@ class ReadyResponse(BaseModel):
     model: ModelRef
 
 
+class LiveStreamInfo(BaseModel):
+    """What the live WebSocket accepts (its limits are the stream_* settings)."""
+
+    path: str = Field(default="/v1/stream", description="The WebSocket's path.")
+    formats: list[str] = Field(description="The start message's accepted formats.", examples=[["s16le"]])
+    pcm_sample_rates: list[int] = Field(description="Sample rates (Hz) accepted for raw PCM (s16le, f32le).")
+    max_channels: int = Field(description="Most channels of raw PCM (they are mixed down).")
+    window_seconds: float = Field(description="The windows' length, as in the timeline.")
+    hop_seconds: float = Field(description="The step between a region's windows.")
+
+
 class InfoResponse(BaseModel):
     """What is served and how."""
 
@@ -168,6 +179,7 @@ class InfoResponse(BaseModel):
         "dtype, backend, threads, batch size, window, cache folders, model override, offline)."
     )
     accepted_formats: str
+    live_stream: LiveStreamInfo
     demo: bool = Field(
         description="True when the built-in demo model is served (for trying the service only)."
     )

@@ -297,6 +297,21 @@ def test_streams_beyond_the_limit_are_refused_with_a_reason(server: Any) -> None
     wait_until(lambda: run(exchange(ws_url(server.url), START, json.dumps({"type": "stop"})))[1] == 1000)
 
 
+def test_info_says_what_a_stream_accepts(server: Any) -> None:
+    live = httpx.get(server.url + "/v1/info").json()["live_stream"]
+    assert live["path"] == "/v1/stream" and live["formats"] == ["s16le", "f32le", "webm"]
+    assert 16000 in live["pcm_sample_rates"] and 12345 not in live["pcm_sample_rates"]
+    # what info lists is what a stream takes: every rate starts a stream
+    for rate in (live["pcm_sample_rates"][0], live["pcm_sample_rates"][-1]):
+        start = json.dumps({"type": "start", "format": "s16le", "sample_rate": rate, "channels": 2})
+        events, code, _ = run(exchange(ws_url(server.url), start, json.dumps({"type": "stop"})))
+        assert (
+            code == 1000
+            and events[0]["type"] == "ready"
+            and events[0]["window_seconds"] == live["window_seconds"]
+        )
+
+
 def test_a_frame_over_the_size_limit_closes_the_stream_with_1009(server: Any) -> None:
     too_big = bytes(ServiceSettings.model_fields["stream_max_frame_bytes"].default + 2)
     events, code, _ = run(exchange(ws_url(server.url), START, too_big))
