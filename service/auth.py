@@ -88,8 +88,15 @@ class AuthThrottle:
             log.warning("client %s sent %d wrong API keys; refusing it for a while", client, count + 1)
 
 
-def authorize(offered: str | None, keys: list[str], client: str, throttle: AuthThrottle) -> None:
-    """Pass when no keys are configured or ``offered`` is one of them.
+def authorize(
+    offered: str | None,
+    keys: list[str],
+    client: str,
+    throttle: AuthThrottle,
+    where: str = "the X-API-Key header",
+) -> None:
+    """Pass when no keys are configured or ``offered`` is one of them (``where``: how a client sends
+    one, for the error message).
 
     Raises:
         TooManyAuthFailuresError: ``client`` is locked out (checked first, whatever it offers).
@@ -102,5 +109,5 @@ def authorize(offered: str | None, keys: list[str], client: str, throttle: AuthT
         return
     throttle.failed(client)
     raise UnauthorizedError(
-        "a valid API key is required in the X-API-Key header" if offered else "missing X-API-Key header"
+        f"a valid API key is required in {where}" if offered else f"no API key was sent in {where}"
     )

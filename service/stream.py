@@ -539,6 +539,7 @@ async def stream(websocket: WebSocket) -> None:
             settings.api_keys,
             client,
             app.state.auth_throttle,
+            where="the X-API-Key header or the start message's api_key",
         )
         live = LiveStream(websocket, engine, metrics, stream_id, stop)
         await live.begin(start)

@@ -365,7 +365,10 @@ def test_api_keys_guard_the_v1_routes_and_cors_allows_the_configured_origin(
         ready_client(client)
         missing = predict_multipart(client, "a.wav", good_wav)
         assert missing.status_code == 401
-        assert missing.json() == {"error": "missing X-API-Key header", "error_type": "unauthorized"}
+        assert missing.json() == {
+            "error": "no API key was sent in the X-API-Key header",
+            "error_type": "unauthorized",
+        }
         assert missing.headers["www-authenticate"] == 'ApiKey header="X-API-Key"'
         wrong = client.post("/v1/predict", files={"file": ("a.wav", good_wav)}, headers={"X-API-Key": "k3"})
         assert wrong.status_code == 401

@@ -936,6 +936,56 @@ def shown_windows(page: Any) -> list[dict[str, Any]]:
 
 
 @pytest.mark.browser
+def test_live_mode_sends_the_api_key_and_says_when_it_is_wrong(
+    browser: Any, locked_server: str, screenshot_dir: Path
+) -> None:
+    ui = PageUnderTest(browser, locked_server, viewport={"width": 1100, "height": 900})
+    ui.page.add_init_script(TRACK_MICROPHONES)
+    starts: list[dict[str, Any]] = []
+    ui.page.on(
+        "websocket",
+        lambda socket: socket.on(
+            "framesent",
+            lambda payload: (
+                starts.append(json.loads(payload))
+                if isinstance(payload, str) and '"start"' in payload
+                else None
+            ),
+        ),
+    )
+    try:
+        page = ui.open("/", model_line="The service needs an API key: enter it under “API key” below.")
+        key = page.get_by_label("API key", exact=True)
+        key.fill("not-the-key")
+        page.get_by_role("button", name="Start live").click()
+        error = page.locator("#live-error")
+        sync_api.expect(error).to_have_text(
+            "Live mode could not start: A valid API key is required in the X-API-Key header or the start "
+            "message's api_key.",
+            timeout=20_000,
+        )
+        assert starts[-1]["api_key"] == "not-the-key"
+        assert open_microphones(page) == 0
+
+        key.fill(API_KEY)
+        key.press("Tab")
+        sync_api.expect(page.locator("#model-line")).to_have_text("Model: synthetic, version 1")
+        page.get_by_role("button", name="Start live").click()
+        sync_api.expect(page.locator("#live-status")).to_contain_text("Listening")
+        sync_api.expect(error).to_be_empty()
+        assert starts[-1]["api_key"] == API_KEY
+        wait_for_live_seconds(page, 2)
+        page.get_by_role("button", name="Stop live").click()
+        sync_api.expect(page.locator("#live-status")).to_have_text(
+            "Stopped. The summary of the session is below.", timeout=30_000
+        )
+        sync_api.expect(error).to_be_empty()
+        assert open_microphones(page) == 0
+    finally:
+        ui.close()
+
+
+@pytest.mark.browser
 @pytest.mark.realdata
 def test_live_mode_shows_each_window_within_2_s_and_the_summary_after_stop(
     live_browser: Any, timeline_server: str, screenshot_dir: Path
