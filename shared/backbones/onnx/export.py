@@ -307,9 +307,9 @@ def correct_int8_biases(fp32_model: Path, int8_model: Path, waves: Sequence[np.n
 
 
 def _add_to_biases(graph: Any, shifts: dict[str, np.ndarray]) -> None:
-    """Add ``shifts[y]`` to tensor ``y`` of ``graph``: in the bias of the ``Add`` that alone reads ``y``
-    (a bias of its own: an initializer, or an ``Identity`` of one, which the exporter writes for equal
-    biases), else with a new ``Add`` right after ``y``'s node."""
+    """Add ``shifts[y]`` to tensor ``y`` of ``graph``: where the one node reading ``y`` adds a bias (an
+    initializer, or an ``Identity`` of one, which the exporter writes for equal biases), that ``Add`` gets
+    a corrected copy of the bias; else a new ``Add`` follows ``y``'s node."""
     from onnx import helper, numpy_helper
 
     inits = {i.name: i for i in graph.initializer}
@@ -328,6 +328,7 @@ def _add_to_biases(graph: Any, shifts: dict[str, np.ndarray]) -> None:
         return None
 
     added: dict[str, Any] = {}
+    replaced: set[str] = set()
     for y, shift in shifts.items():
         users = consumers.get(y, [])
         bias = bias_of(users[0], y) if len(users) == 1 else None
@@ -338,6 +339,7 @@ def _add_to_biases(graph: Any, shifts: dict[str, np.ndarray]) -> None:
                 name = f"{y}_bias"
                 graph.initializer.append(numpy_helper.from_array(value.astype(np.float32), name))
                 users[0].input[:] = [name if i == bias else i for i in users[0].input]
+                replaced.add(source)
                 continue
         name = f"{y}_bias_corrected"
         graph.initializer.append(numpy_helper.from_array(shift, f"{y}_bias_correction"))
@@ -350,10 +352,9 @@ def _add_to_biases(graph: Any, shifts: dict[str, np.ndarray]) -> None:
         nodes.extend(added[out] for out in node.output if out in added)
     graph.ClearField("node")
     graph.node.extend(nodes)
-    # Initializers no node reads any more (biases replaced by their corrected copies).
+    # The biases that only their corrected copies replaced: no node reads them any more.
     read = {i for node in graph.node for i in node.input}
-    unread = [i for i in graph.initializer if i.name not in read]
-    for init in unread:
+    for init in [i for i in graph.initializer if i.name in replaced and i.name not in read]:
         graph.initializer.remove(init)
 
 
