@@ -20,7 +20,8 @@ Errors are an ``{"type": "error", "error": {"type", "message"}}`` event followed
 says what kind (``CLOSE_CODES``) and whose reason repeats the message, shortened. Each stream's windows
 go through the engine's batcher with every HTTP request's utterances, so streams and requests share the
 one inference thread fairly; a stream has at most ``SER_STREAM_MAX_PENDING`` windows waiting, and a
-window beyond them is skipped with a ``window_dropped`` warning instead of queued. When the bundle has a
+window beyond them, or one still waiting ``SER_STREAM_MAX_DELAY_S`` after its audio arrived, is skipped
+with a ``window_dropped`` warning instead of served late. When the bundle has a
 session classifier, a stream is one session: once it holds enough windows, each new one is normalised
 with the statistics of all of them so far.
 """
