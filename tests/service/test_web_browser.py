@@ -936,9 +936,7 @@ def shown_windows(page: Any) -> list[dict[str, Any]]:
 
 
 @pytest.mark.browser
-def test_live_mode_sends_the_api_key_and_says_when_it_is_wrong(
-    browser: Any, locked_server: str, screenshot_dir: Path
-) -> None:
+def test_live_mode_sends_the_api_key_and_says_when_it_is_wrong(browser: Any, locked_server: str) -> None:
     ui = PageUnderTest(browser, locked_server, viewport={"width": 1100, "height": 900})
     ui.page.add_init_script(TRACK_MICROPHONES)
     starts: list[dict[str, Any]] = []
