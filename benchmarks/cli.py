@@ -263,6 +263,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="RAVDESS clips (needs SER_TEST_DATA) for the prediction agreement of each variant with fp32, "
         "speaker-independent (default 0: not measured; 240 takes minutes per variant)",
     )
+    parser.add_argument(
+        "--int8-fp32-scopes",
+        default=None,
+        help="comma-separated graph scopes whose products the int8 export keeps fp32, for the variants "
+        "run in this process (default: the recipe's, shared.backbones.onnx.export.FP32_SCOPES; '' for "
+        "none); each choice is exported anew",
+    )
     parser.add_argument("--skip-http", action="store_true", help="leave out the HTTP measurements")
     parser.add_argument(
         "--http-variants",
@@ -334,6 +341,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("transformers").setLevel(logging.ERROR)
     cfg = settings_from_args(args)
     cfg.command = " ".join(["python -m benchmarks", *argv])
+    if args.int8_fp32_scopes is not None:
+        from shared.backbones.onnx import export
+
+        export.FP32_SCOPES = tuple(s for s in args.int8_fp32_scopes.split(",") if s)
 
     def say(message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)

@@ -160,8 +160,22 @@ def merge_loads(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
     )
 
 
+def request_clip(seconds: float) -> tuple[np.ndarray, str]:
+    """The clip every request sends: RAVDESS speech from ``$SER_TEST_DATA`` cut or padded to ``seconds``
+    (the service refuses audio in which its voice-activity detector hears no speech), else a generated
+    voiced signal, which the served app then classifies without the speech check."""
+    from benchmarks.variants import accuracy_clips
+
+    clips, source = accuracy_clips(1)
+    n = int(seconds * SAMPLE_RATE)
+    if source.startswith("ravdess"):
+        wave = clips[0][SAMPLE_RATE // 2 :][:n]  # RAVDESS clips open with about half a second of silence
+        return np.pad(wave, (0, n - wave.shape[0])).astype(np.float32), "ravdess16k (1 file)"
+    return speech_like(seconds, seed=7), "generated (speech check off)"
+
+
 def start_server(
-    bundle: Path, variant: Variant, cfg: Settings, log_file: Path
+    bundle: Path, variant: Variant, cfg: Settings, log_file: Path, *, speech_check: bool = True
 ) -> tuple[subprocess.Popen, str]:
     port = free_port()
     assert cfg.cache_dir is not None
@@ -176,6 +190,8 @@ def start_server(
     command += ["--variant", variant.name, "--port", str(port)]
     if cfg.threads:
         command += ["--threads", str(cfg.threads)]
+    if not speech_check:
+        command += ["--no-speech-check"]
     with log_file.open("wb") as sink:
         process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
     return process, f"http://127.0.0.1:{port}"
@@ -221,13 +237,14 @@ def measure_http(
 
     defaults = ServiceSettings(bundle=work)
     bundle = write_bundle(backbone, work / "artifacts", variant.name)
-    clip = speech_like(2.5, seed=7)
+    clip, source = request_clip(2.5)
     body = wav_bytes(clip)
     decoded_clip = load_audio(body)  # what the server's decoder gives the model
     log_file = work / f"server-{variant.name}.log"
     started = time.perf_counter()
-    process, url = start_server(bundle, variant, cfg, log_file)
-    out: dict[str, Any] = {"bundle": str(bundle)}
+    speech_check = source.startswith("ravdess")
+    process, url = start_server(bundle, variant, cfg, log_file, speech_check=speech_check)
+    out: dict[str, Any] = {"bundle": str(bundle), "clip": source, "speech_check": speech_check}
     try:
         wait_ready(process, url, log_file)
         out["start_to_ready_s"] = time.perf_counter() - started
@@ -312,6 +329,9 @@ def serve(argv: list[str]) -> int:
     parser.add_argument("--variant", required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--no-speech-check", action="store_true", help="classify audio the VAD hears no speech in"
+    )
     args = parser.parse_args(argv)
 
     from service.app import create_app
@@ -333,6 +353,7 @@ def serve(argv: list[str]) -> int:
         torch_threads=args.threads or 0,
         hf_offline=True,
         log_level="WARNING",
+        require_speech=not args.no_speech_check,
     )
     if settings.keep_freed_memory:
         keep_freed_memory()  # as python -m service does, before any thread starts

@@ -43,6 +43,7 @@ from service.schemas import (
     InfoResponse,
     LiveStreamInfo,
     ModelRef,
+    PrecisionInfo,
     PredictionResponse,
     ReadyResponse,
     SessionInfo,
@@ -51,6 +52,7 @@ from service.schemas import (
 from service.sessions import SESSION_ID_MAX_LENGTH, check_session_id
 from service.settings import ServiceSettings
 from shared.audio import SUPPORTED_FORMATS
+from shared.backbones.base import precision_of
 from shared.constants import EMOTIONS
 from shared.demo import is_demo_bundle
 from shared.errors import SERError
@@ -681,6 +683,7 @@ async def info(request: Request, engine: EngineDep) -> InfoResponse:
         load_seconds=engine.load_seconds,
         settings=settings,
         encoder=encoder,
+        precision=PrecisionInfo(**precision_of(engine.predictor.backbone)) if engine.predictor else None,
         accepted_formats=SUPPORTED_FORMATS,
         live_stream=live_stream_info(engine.settings),
         demo=is_demo_bundle(engine.bundle_dir),

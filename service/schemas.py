@@ -161,6 +161,17 @@ class LiveStreamInfo(BaseModel):
     hop_seconds: float = Field(description="The step between a region's windows.")
 
 
+class PrecisionInfo(BaseModel):
+    """How the encoder served computes, and why (what ``SER_BACKEND=auto`` chose on this machine)."""
+
+    backend: str = Field(description="torch, onnx, onnx-int8, or egemaps.", examples=["torch"])
+    dtype: str = Field(description="The precision of the encoder's matrix products.", examples=["bf16"])
+    reason: str | None = Field(
+        description="Why this backend and precision.",
+        examples=["this CPU has bf16 matrix units (AVX-512 BF16 or AMX): torch in bf16"],
+    )
+
+
 class InfoResponse(BaseModel):
     """What is served and how."""
 
@@ -178,6 +189,7 @@ class InfoResponse(BaseModel):
         description="How the speech encoder runs (the encoder options built from the settings: device, "
         "dtype, backend, threads, batch size, window, cache folders, model override, offline)."
     )
+    precision: PrecisionInfo | None = Field(description="None until the model is loaded.")
     accepted_formats: str
     live_stream: LiveStreamInfo
     demo: bool = Field(

@@ -79,11 +79,15 @@ class ServiceSettings(BaseSettings):
         "matrix weights in 16 bits and activations in fp32. A precision other than the one of the bundle's "
         "training embeddings is logged as a warning.",
     )
-    backend: Literal["torch", "onnx", "onnx-int8"] = Field(
-        default="torch",
-        description="How the encoder runs: torch, or ONNX Runtime on the CPU ('onnx': same embeddings, faster; "
-        "'onnx-int8': int8 matrix products, faster still but noisier, off by default until its accuracy "
-        "is measured). Needs the 'onnx' extra; the first start exports the encoder to SER_ONNX_CACHE.",
+    backend: Literal["auto", "torch", "onnx", "onnx-int8"] = Field(
+        default="auto",
+        description="How the encoder runs: 'auto' chooses by the machine (with SER_DTYPE=auto: torch in bf16 "
+        "where the CPU has bf16 units; ONNX Runtime int8 where it has int8 dot products (VNNI) but no bf16 "
+        "units, the 'onnx' extra is installed and the int8 graph passes its accuracy check; else torch in "
+        "fp32; /v1/info says which and why); 'torch'; or ONNX Runtime on the CPU ('onnx': the same "
+        "embeddings as torch fp32; 'onnx-int8': int8 matrix products, faster, embeddings within about 3% "
+        "of fp32). The ONNX backends need the 'onnx' extra; their first start exports the encoder to "
+        "SER_ONNX_CACHE.",
     )
     backbone_model: str | None = Field(
         default=None,

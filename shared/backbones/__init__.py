@@ -7,6 +7,7 @@ kernels:
 |---|---|
 | ``base`` | the spec, the ``Backbone`` and ``FrameEncoder`` interfaces, layer selection, pooling |
 | ``options`` | ``EncoderOptions``: how an encoder runs (device, precision, backend, threads, sizes, cache) |
+| ``auto`` | ``backend="auto"``: the fast path this machine supports, and why |
 | ``runtime`` | the machine: CPUs, threads, device, precision |
 | ``cache`` | the derived-file cache: entry names and atomic builds |
 | ``checkpoint`` | where weights come from: config, files, safetensors reading, half-precision copies |
@@ -17,6 +18,8 @@ kernels:
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from shared.backbones.base import (
     BACKBONE_KINDS,
@@ -55,10 +58,18 @@ def build_backbone(spec: BackboneSpec, options: EncoderOptions | None = None) ->
         from shared.backbones.egemaps import EgemapsBackbone
 
         return EgemapsBackbone(spec)
+    if options.backend == "auto":
+        from shared.backbones.auto import choose_backbone
+
+        return choose_backbone(spec, options)
+    encoder: Any
     if options.backend == "torch":
         from shared.backbones.torch.encoder import TorchEncoder
 
-        return TorchEncoder(spec, options)
-    from shared.backbones.onnx.encoder import OnnxEncoder
+        encoder = TorchEncoder(spec, options)
+    else:
+        from shared.backbones.onnx.encoder import OnnxEncoder
 
-    return OnnxEncoder(spec, options)
+        encoder = OnnxEncoder(spec, options)
+    encoder.precision_reason = f"the backend setting is {options.backend!r} and the dtype {options.dtype!r}"
+    return encoder

@@ -234,3 +234,13 @@ def pool_frames(frames: np.ndarray, pooling: str) -> np.ndarray:
     if len(frames):
         stats.add(frames)
     return stats.pool(pooling)
+
+
+def precision_of(backbone: Any) -> dict[str, Any]:
+    """What ``/v1/info`` says of the encoder served: backend, precision, and why (``precision_reason``,
+    which ``build_backbone`` sets)."""
+    return {
+        "backend": getattr(backbone, "backend", backbone.spec.kind),
+        "dtype": backbone.dtype,
+        "reason": getattr(backbone, "precision_reason", None),
+    }

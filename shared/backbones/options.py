@@ -18,8 +18,9 @@ from shared.backbones.cache import default_cache_dir
 from shared.errors import BackboneError
 
 #: How a ``hubert`` encoder runs: torch (fp32/bf16/fp16), or ONNX Runtime on the CPU in fp32 or with
-#: dynamically quantised int8 matrix products (needs the ``onnx`` extra).
-BACKENDS = ("torch", "onnx", "onnx-int8")
+#: dynamically quantised int8 matrix products (needs the ``onnx`` extra); ``auto`` chooses by the machine
+#: (``shared.backbones.auto``).
+BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
 #: Precisions an option may ask for; ``auto`` is the device's fast one (see ``runtime.resolve_dtype``).
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 
@@ -32,8 +33,11 @@ class EncoderOptions:
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (CUDA when available).
         dtype: ``"fp32"``, ``"bf16"``, ``"fp16"`` (CUDA only) or ``"auto"``. The ONNX backends take
             ``"auto"`` or ``"fp32"`` (they compute in fp32, or int8 for ``onnx-int8``).
-        backend: ``"torch"``, ``"onnx"`` (ONNX Runtime, fp32) or ``"onnx-int8"`` (ONNX Runtime, int8
-            matrix products; its embeddings differ more from fp32). The ONNX backends run on the CPU.
+        backend: ``"torch"``, ``"onnx"`` (ONNX Runtime, fp32), ``"onnx-int8"`` (ONNX Runtime, int8
+            matrix products; its embeddings differ more from fp32) or ``"auto"`` (with dtype ``"auto"``:
+            torch in bf16 where the CPU has bf16 units, int8 where it has VNNI and the int8 path passes
+            its accuracy check, else torch fp32; see ``shared.backbones.auto``). The ONNX backends run on
+            the CPU.
         threads: compute threads (torch's are process-wide); None keeps torch's setting capped at the
             CPUs this process may use (ONNX Runtime: that CPU count).
         max_batch_size: at most this many utterances go through the encoder in one forward pass.

@@ -56,6 +56,8 @@ class PooledSpeechEncoder:
     """
 
     dtype: str
+    #: Why this backend and precision run (set by ``build_backbone``; ``/v1/info`` shows it).
+    precision_reason: str | None = None
 
     def __init__(self, spec: BackboneSpec, source: EncoderSource, options: EncoderOptions) -> None:
         config = source.config

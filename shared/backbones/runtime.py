@@ -68,6 +68,12 @@ def cpu_has_fast_bf16() -> bool:
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
 
 
+def cpu_has_int8_dot_products() -> bool:
+    """True when this CPU has int8 dot-product instructions (AVX-512 VNNI or AVX-VNNI), which ONNX
+    Runtime's int8 matrix products use."""
+    return bool(getattr(torch.cpu, "_is_vnni_supported", lambda: False)())
+
+
 def resolve_device(device: str) -> torch.device:
     """``"auto"`` picks CUDA when available, else CPU; anything else is passed to ``torch.device``."""
     if device == "auto":

@@ -39,6 +39,10 @@ def test_tiny_hubert_bundle_is_served_offline(
         info = client.get("/v1/info").json()
         assert info["bundle"]["backbone"]["kind"] == "hubert"
         assert info["settings"]["hf_offline_effective"] is True
+        # SER_BACKEND=auto chose by this machine, and says which and why.
+        precision = info["precision"]
+        assert precision["backend"] in ("torch", "onnx-int8") and precision["reason"]
+        assert precision["dtype"] == client.app.state.engine.predictor.backbone.dtype
         names = sorted(clip_formats)
         batch = client.post(
             "/v1/predict/batch",

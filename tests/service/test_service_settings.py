@@ -29,7 +29,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_defaults_are_the_documented_ones() -> None:
     s = ServiceSettings()
     assert s.bundle is None and s.artifacts == Path("artifacts") and not s.stay_up_on_failure
-    assert (s.host, s.port, s.device, s.dtype, s.backend) == ("127.0.0.1", 8000, "auto", "auto", "torch")
+    assert (s.host, s.port, s.device, s.dtype, s.backend) == ("127.0.0.1", 8000, "auto", "auto", "auto")
     assert s.max_upload_bytes == 25 * 1024 * 1024
     assert (s.min_seconds, s.max_seconds, s.silence_dbfs) == (0.5, 30.0, -60.0)
     assert (s.max_batch_size, s.max_batch_wait_ms, s.queue_depth, s.max_batch_files) == (8, 10.0, 64, 16)

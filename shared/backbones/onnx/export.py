@@ -1,23 +1,22 @@
-"""Exporting a speech encoder to ONNX, and quantising the graph to int8.
+"""Exporting a speech encoder's transformer to ONNX, and quantising the graph to int8.
+
+What is in the graph: the transformer layers, from hidden state 0 (the input of the first layer) to the
+hidden state the spec reads. The convolutional front end, the feature projection and the positional
+convolution (hidden state 0) stay in torch, run by ``OnnxEncoder``'s front end one utterance at a time in
+pieces, so that their activations, the largest of a forward pass, stay bounded as in the torch backend,
+and in bf16 where the CPU has bf16 units: the front end holds an eighth of the FLOPs but took a third of
+an int8 graph's time when ONNX Runtime ran it in fp32, and quantised it held most of the int8 error.
 
 How the graph is made: the Hugging Face model, cut after the last layer the spec reads, is wrapped in
-``HiddenStateReadout`` (waveforms + attention mask in, the chosen hidden state out, or the mean of a
+``TransformerReadout`` (hidden state 0 and a frame mask in, the chosen hidden state out, or the mean of a
 range) and exported with ``torch.onnx.export`` (the TorchScript exporter: the dynamo exporter needs
 ``onnxscript``, which the extra does not bring), with dynamic batch and length. The export is checked
-against torch on a padded batch before it is kept.
+against the whole torch model on a padded batch of waveforms before it is kept.
 
-The convolutional feature encoder of layer-norm models (HuBERT-large and the like) is exported as
-``TimeMajorFeatureEncoder``: each convolution becomes strided slices of a ``[batch, time, channels]``
-tensor, joined along channels, times one ``[kernel * in, out]`` matrix, and the layer norms act on the
-last axis with no transposes. The result is the convolution's to float rounding (the export check holds
-it to 1e-4), and ONNX Runtime's matrix product runs it near the CPU's fp32 peak, where its 1-D ``Conv``
-did not. Group-norm encoders keep their ``Conv`` nodes.
-
-For int8, ``quantize_dynamic`` then quantises the MatMul nodes whose second input is a weight to int8
-weights with one scale per output channel, activations quantised on the fly (one scale per tensor): the
-transformer's linear layers. What stays fp32 (``FP32_SCOPES``): the convolutional feature encoder, whose
-errors every later layer carries on (quantised, its six time-major products held most of the int8
-graph's error), the feature projection, and the attention products.
+For int8, ``quantize_dynamic`` then quantises the MatMul nodes whose second input is a weight (the
+transformer's linear layers) to int8 weights with one scale per output channel, activations quantised on
+the fly (one scale per tensor); the attention products (two activations) and the first layer's
+feed-forward block (``FP32_SCOPES``) stay fp32.
 
 Rounding a weight ``W`` and its input ``x`` to int8 shifts the product by ``x @ W - q(x) @ dequant(W_int8)``;
 over speech the mean of that shift, ``mean(x) @ W - mean(q(x)) @ dequant(W_int8)``, is the same for every
@@ -39,11 +38,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from shared.backbones.base import LAST_HIDDEN_STATE
 from shared.backbones.checkpoint import EncoderSource
 from shared.backbones.onnx.session import open_session
 from shared.backbones.runtime import available_cpus
 from shared.backbones.torch.hf_model import HiddenStateReadout
-from shared.backbones.torch.modules import kernel_matrix, time_major_conv
 from shared.errors import BackboneError
 
 log = logging.getLogger(__name__)
@@ -51,76 +50,78 @@ log = logging.getLogger(__name__)
 #: The ONNX opset of exported graphs (ONNX Runtime 1.18+ runs it).
 OPSET = 17
 #: Bumped whenever the export or quantisation recipe changes, so old cache entries are not reused.
-EXPORT_FORMAT = 4
+EXPORT_FORMAT = 5
 #: Largest difference allowed between the exported graph and torch on the check batch, relative to the
 #: largest absolute value of the torch output.
 EXPORT_TOLERANCE = 1e-4
 
-#: Graph scopes whose matrix products stay fp32 in the int8 graph: the convolutional feature encoder (the
-#: first convolution reads the raw samples, and quantised, the others held most of the error after bias
-#: correction) and the feature projection, one small product with a large share of the error.
-FP32_SCOPES = ("/model/feature_extractor/", "/model/feature_projection/")
+#: Graph scopes whose matrix products stay fp32 in the int8 graph: the first layer's feed-forward block,
+#: whose rounding every later layer carries on (the README's speed section has the measured share).
+FP32_SCOPES = ("/layers.0/feed_forward/",)
 
-INPUTS = ("input_values", "attention_mask")
+INPUTS = ("hidden_states", "frame_mask")
 OUTPUT = "hidden"
 
 
-class TimeMajorConv(torch.nn.Module):
-    """One layer-norm convolution layer as a matrix product over ``[B, T, C]``: ``[B, T_in, C_in] -> [B, T, C]``.
+class TransformerReadout(torch.nn.Module):
+    """The transformer layers of a (truncated) Hugging Face encoder, from hidden state 0 to the chosen one.
 
-    The convolution is ``modules.time_major_conv`` (the torch backend's own), which the exporter writes
-    as strided slices joined along channels times ``kernel_matrix`` of the weight; the layer norm then
-    acts on the last axis, with no transposes.
+    ``forward(hidden_states [B, T, H] float32, frame_mask [B, T] int64) -> [B, T, H]``: hidden state 0
+    (the convolutional front end, the feature projection and the positional convolution, as the torch
+    backend computes it) in, the hidden state ``layers`` names (or the mean of several) out, attention
+    limited to the frames the mask marks valid. What ``HiddenStateReadout`` computes after hidden state 0.
     """
 
-    def __init__(self, layer: Any) -> None:
+    def __init__(self, model: Any, layers: Sequence[int]) -> None:
         super().__init__()
-        conv: torch.nn.Conv1d = layer.conv
-        self.kernel, self.stride = int(conv.kernel_size[0]), int(conv.stride[0])
-        self.weight = torch.nn.Parameter(kernel_matrix(conv.weight), requires_grad=False)
-        # HuBERT's convolutions have no bias: then the graph has no Add of zeros either.
-        self.bias = (
-            None if conv.bias is None else torch.nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
-        )
-        self.norm = layer.layer_norm
-        self.activation = layer.activation
+        self.layers = torch.nn.ModuleList(model.encoder.layers)
+        self.final_norm = model.encoder.layer_norm if model.config.do_stable_layer_norm else None
+        self.read = tuple(layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.activation(
-            self.norm(time_major_conv(x, self.weight, self.kernel, self.stride, self.bias))
-        )
+    def forward(self, hidden_states: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        # An additive mask over keys, the form transformers' eager attention adds to the scores.
+        blocked = (1 - frame_mask[:, None, None, :]).to(hidden_states.dtype)
+        additive = blocked * torch.finfo(hidden_states.dtype).min
+        x = hidden_states
+        kept = {0: x} if 0 in self.read else {}
+        for i, layer in enumerate(self.layers, start=1):
+            out = layer(x, attention_mask=additive)
+            x = out[0] if isinstance(out, tuple) else out  # a tuple before transformers 5
+            if i in self.read:
+                kept[i] = x
+        if LAST_HIDDEN_STATE in self.read:
+            kept[LAST_HIDDEN_STATE] = self.final_norm(x) if self.final_norm is not None else x
+        states = [kept[i] for i in self.read]
+        return states[0] if len(states) == 1 else torch.stack(states).mean(dim=0)
 
 
-class TimeMajorFeatureEncoder(torch.nn.Module):
-    """A layer-norm convolutional feature encoder as matrix products over ``[B, T, C]`` (see the module doc).
+def frame_mask(frame_counts: Sequence[int], frames: int) -> np.ndarray:
+    """int64 ``[B, frames]``: 1 for each item's first ``frame_counts[i]`` frames, 0 for its padding."""
+    return (np.arange(frames)[None, :] < np.asarray(frame_counts)[:, None]).astype(np.int64)
 
-    ``forward(input_values [B, S]) -> [B, C, T]``, what the Hugging Face feature encoder returns; layer
-    i's nodes are named ``.../feature_extractor/layers.{i}/...`` in the exported graph.
-    """
 
-    def __init__(self, conv_layers: Sequence[Any]) -> None:
-        super().__init__()
-        self.layers = torch.nn.ModuleList(TimeMajorConv(layer) for layer in conv_layers)
-
-    def forward(self, input_values: torch.Tensor) -> torch.Tensor:
-        x = input_values[:, :, None]
-        for layer in self.layers:
-            x = layer(x)
-        return x.transpose(1, 2)
+def run_graph(
+    session: Any, outputs: Sequence[str], hidden0: np.ndarray, frames: np.ndarray
+) -> list[np.ndarray]:
+    """Run an exported graph on hidden state 0 and its frame mask (a graph that reads hidden state 0 has no
+    attention, and the exporter drops its unread frame mask)."""
+    names = {i.name for i in session.get_inputs()}
+    feed = {INPUTS[0]: hidden0, INPUTS[1]: frames}
+    return session.run(list(outputs), {k: v for k, v in feed.items() if k in names})
 
 
 def export_encoder(
     source: EncoderSource, layers: Sequence[int], kept_layers: int, target: Path, *, opset: int = OPSET
 ) -> None:
-    """Export the fp32 encoder (``kept_layers`` layers, reading ``layers``) to ``target`` (an .onnx file).
+    """Export the fp32 transformer (``kept_layers`` layers, reading ``layers``) to ``target`` (an .onnx file).
 
-    Inputs ``input_values`` float32 ``[batch, samples]`` and ``attention_mask`` int64 ``[batch, samples]``;
-    output ``hidden`` float32 ``[batch, frames, hidden]``.
+    Inputs ``hidden_states`` float32 ``[batch, frames, hidden]`` (hidden state 0) and ``frame_mask`` int64
+    ``[batch, frames]``; output ``hidden`` float32 ``[batch, frames, hidden]``. Checked against the whole
+    torch model on a padded batch of waveforms before it is kept.
 
     Raises:
         BackboneError: the model cannot be loaded or exported, or the export disagrees with torch.
     """
-    import torch
     from transformers import AutoModel
 
     try:
@@ -131,20 +132,18 @@ def export_encoder(
     except Exception as exc:  # transformers raises OSError, ValueError, HFValidationError...
         raise BackboneError(source.load_failure(exc)) from exc
     model.encoder.layers = model.encoder.layers[:kept_layers]
-    if getattr(model.config, "feat_extract_norm", None) == "layer":
-        model.feature_extractor = TimeMajorFeatureEncoder(model.feature_extractor.conv_layers)
     model.eval()
-    readout = HiddenStateReadout(model, layers).eval()
+    transformer = TransformerReadout(model, layers).eval()
 
     # A padded batch, so that the masking path is what gets traced.
     rng = np.random.default_rng(0)
     lengths = (16000, 11000)
-    example = torch.from_numpy(rng.standard_normal((len(lengths), max(lengths))).astype(np.float32))
+    waves = torch.from_numpy(rng.standard_normal((len(lengths), max(lengths))).astype(np.float32))
     mask = (torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None]).long()
-    example = example * mask
+    waves = waves * mask
     axes = {
-        "input_values": {0: "batch", 1: "samples"},
-        "attention_mask": {0: "batch", 1: "samples"},
+        INPUTS[0]: {0: "batch", 1: "frames"},
+        INPUTS[1]: {0: "batch", 1: "frames"},
         OUTPUT: {0: "batch", 1: "frames"},
     }
     started = time.perf_counter()
@@ -153,9 +152,13 @@ def export_encoder(
             # The tracer's warnings are about Python values it freezes (shapes checked against
             # themselves, is_causal); the check below is what tells whether the graph is right.
             warnings.simplefilter("ignore")
+            expected = HiddenStateReadout(model, layers)(waves, mask).numpy()
+            hidden0 = HiddenStateReadout(model, [0])(waves, mask)
+            counts = model._get_feat_extract_output_lengths(mask.sum(dim=-1)).tolist()
+            frames = torch.from_numpy(frame_mask(counts, hidden0.shape[1]))
             torch.onnx.export(
-                readout,
-                (example, mask),
+                transformer,
+                (hidden0, frames),
                 str(target),
                 dynamo=False,
                 input_names=list(INPUTS),
@@ -164,13 +167,10 @@ def export_encoder(
                 opset_version=opset,
                 do_constant_folding=True,
             )
-            expected = readout(example, mask).numpy()
     except Exception as exc:
         raise BackboneError(f"could not export {source.location!r} to ONNX: {exc}") from exc
     log.info("exported %s to ONNX in %.1f s", source.location, time.perf_counter() - started)
-    got = open_session(target, threads=1).run(
-        [OUTPUT], {"input_values": example.numpy(), "attention_mask": mask.numpy()}
-    )[0]
+    got = run_graph(open_session(target, threads=1), [OUTPUT], hidden0.numpy(), frames.numpy())[0]
     error = float(np.abs(got - expected).max() / max(float(np.abs(expected).max()), 1e-12))
     if got.shape != expected.shape or error > EXPORT_TOLERANCE:
         raise BackboneError(
@@ -181,7 +181,8 @@ def export_encoder(
 
 def quantize_encoder(fp32_model: Path, target: Path, calibration: Sequence[np.ndarray]) -> None:
     """Quantise ``fp32_model``'s weight MatMuls to int8 (dynamic activations) into ``target``, with their
-    biases corrected on ``calibration`` (normalised voiced signals)."""
+    biases corrected on ``calibration`` (the graph's input, hidden state 0 ``[1, frames, hidden]``, of
+    generated voiced signals)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -219,11 +220,7 @@ def quantize_encoder(fp32_model: Path, target: Path, calibration: Sequence[np.nd
 def quantised_products(graph: Any) -> list[Any]:
     """The MatMul nodes of an fp32 graph that ``quantize_encoder`` quantises (a weight as second input)."""
     weights = {i.name for i in graph.initializer}
-    return [
-        n
-        for n in graph.node
-        if n.op_type == "MatMul" and n.input[1] in weights and not n.name.startswith(FP32_SCOPES)
-    ]
+    return [n for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights]
 
 
 def dynamic_quantized(x: np.ndarray) -> np.ndarray:
@@ -238,11 +235,11 @@ def dynamic_quantized(x: np.ndarray) -> np.ndarray:
 def _tensor_means(
     model_path: Path,
     tensors: Sequence[str],
-    waves: Sequence[np.ndarray],
+    inputs: Sequence[np.ndarray],
     scratch: Path,
     quantized: Sequence[str] = (),
 ) -> dict[str, np.ndarray]:
-    """The mean over ``waves`` (and their frames) of each named tensor of a graph, on its last axis; for
+    """The mean over ``inputs`` (hidden states 0, and their frames) of each named tensor of a graph, on its last axis; for
     the names in ``quantized`` also ``name + "@q"``, the mean as the int8 graph quantises the tensor
     (``dynamic_quantized``, one clip at a time)."""
     import onnx
@@ -258,9 +255,9 @@ def _tensor_means(
     counts: dict[str, int] = dict.fromkeys(tensors, 0)
     try:
         session = open_session(probe, threads=available_cpus())
-        for wave in waves:
-            feed = {"input_values": wave[None], "attention_mask": np.ones((1, wave.shape[0]), dtype=np.int64)}
-            for name, value in zip(tensors, session.run(list(tensors), feed), strict=True):
+        for hidden0 in inputs:
+            mask = np.ones(hidden0.shape[:2], dtype=np.int64)
+            for name, value in zip(tensors, run_graph(session, tensors, hidden0, mask), strict=True):
                 rows = value.reshape(-1, value.shape[-1]).astype(np.float64)
                 sums[name] = sums.get(name, 0.0) + rows.sum(axis=0)
                 if name in wanted:
@@ -273,10 +270,10 @@ def _tensor_means(
     return {key: total / counts[key.removesuffix("@q")] for key, total in sums.items()}
 
 
-def correct_int8_biases(fp32_model: Path, int8_model: Path, waves: Sequence[np.ndarray]) -> int:
+def correct_int8_biases(fp32_model: Path, int8_model: Path, inputs: Sequence[np.ndarray]) -> int:
     """Add each quantised product's mean output shift back into ``int8_model`` (in place; see the module's
     docstring), into the bias that follows the product or as a new ``Add``; returns the products
-    corrected. ``waves``: normalised calibration signals."""
+    corrected. ``inputs``: the graph's input (hidden state 0) of calibration signals."""
     import onnx
     from onnx import numpy_helper
 
@@ -291,7 +288,7 @@ def correct_int8_biases(fp32_model: Path, int8_model: Path, waves: Sequence[np.n
         if n.input[1] + "_quantized" in inits  # the quantiser may have left some fp32
     ]
     xs = sorted({x for x, _, _ in products})
-    means = _tensor_means(fp32_model, xs, waves, int8_model.parent, quantized=xs)
+    means = _tensor_means(fp32_model, xs, inputs, int8_model.parent, quantized=xs)
     del fp32
     shifts = {}
     for x, w, y in products:

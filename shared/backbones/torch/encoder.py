@@ -64,17 +64,29 @@ class TorchEncoder(PooledSpeechEncoder):
             ``threads`` (process-wide, CPU only; see ``configure_torch_threads``), ``max_batch_size``,
             ``window_seconds``, ``cache_dir`` (the half-precision copies), ``model_override``, ``offline``.
 
+        front_end_only: compute hidden state 0 only (``spec`` reads layer 0), building no transformer
+            layer: the ONNX backend's front end.
+
     Raises:
         BackboneError: the model cannot be loaded, or the layer does not exist.
     """
 
-    def __init__(self, spec: BackboneSpec, options: EncoderOptions) -> None:
+    def __init__(self, spec: BackboneSpec, options: EncoderOptions, *, front_end_only: bool = False) -> None:
         if spec.kind != "hubert":
             raise BackboneError(f"TorchEncoder needs a 'hubert' spec, got {spec.kind!r}")
+        self.backend = "torch"
         self.device = resolve_device(options.device)
         self.dtype = resolve_dtype(options.dtype, self.device)
         source = EncoderSource(spec, options)
         super().__init__(spec, source, options)
+        if front_end_only:
+            if self.layers != [0]:
+                raise BackboneError("a front end returns hidden state 0: its spec reads layer 0")
+            if unsupported_reason(source.config) is None and (
+                self.dtype != "fp32" or source.safetensors_files()
+            ):
+                # The project's modules build no transformer layer at all (transformers' model keeps one).
+                self.kept_layers = 0
         self.threads = configure_torch_threads(options.threads) if self.device.type == "cpu" else None
 
         torch_dtype = TORCH_DTYPES[self.dtype]
@@ -93,7 +105,9 @@ class TorchEncoder(PooledSpeechEncoder):
         if why_not_native is None:
             assert files is not None
             try:
-                model, folded = load_speech_encoder(source.config, self.layers, files, torch_dtype)
+                model, folded = load_speech_encoder(
+                    source.config, self.layers, files, torch_dtype, n_layers=self.kept_layers
+                )
             except ValueError as exc:
                 raise BackboneError(source.load_failure(exc)) from exc
         else:

@@ -310,11 +310,12 @@ class SpeechEncoder(nn.Module):
     Args:
         config: the checkpoint's transformers config (see ``unsupported_reason``).
         layers: the hidden states to return (their mean when several); only the layers they need are built.
+        n_layers: the transformer layers to build instead (0 for a front end that returns hidden state 0).
 
     ``forward(input_values [B, S] float32, attention_mask [B, S] int or None) -> [B, T, H]``.
     """
 
-    def __init__(self, config: Any, layers: Sequence[int]) -> None:
+    def __init__(self, config: Any, layers: Sequence[int], n_layers: int | None = None) -> None:
         super().__init__()
         reason = unsupported_reason(config)
         if reason is not None:
@@ -322,7 +323,9 @@ class SpeechEncoder(nn.Module):
         self.layers_read = tuple(layers)
         self.feature_extractor = FeatureEncoder(config)
         self.feature_projection = FeatureProjection(config)
-        self.encoder = Encoder(config, kept_layer_count(self.layers_read, int(config.num_hidden_layers)))
+        if n_layers is None:
+            n_layers = kept_layer_count(self.layers_read, int(config.num_hidden_layers))
+        self.encoder = Encoder(config, n_layers)
 
     def frame_counts(self, lengths: torch.Tensor) -> torch.Tensor:
         """Encoder frames from input lengths in samples (int64 ``[B]``)."""
@@ -354,9 +357,14 @@ class SpeechEncoder(nn.Module):
 
 
 def load_speech_encoder(
-    config: Any, layers: Sequence[int], files: Sequence[Path], dtype: torch.dtype
+    config: Any,
+    layers: Sequence[int],
+    files: Sequence[Path],
+    dtype: torch.dtype,
+    n_layers: int | None = None,
 ) -> tuple[SpeechEncoder, set[str]]:
-    """Build a ``SpeechEncoder`` whose parameters are the checkpoint's tensors in ``dtype``.
+    """Build a ``SpeechEncoder`` (``layers``, ``n_layers``) whose parameters are the checkpoint's tensors in
+    ``dtype``.
 
     Tensors are read one at a time and converted to ``dtype`` where stored in another precision.
 
@@ -367,7 +375,7 @@ def load_speech_encoder(
         ValueError: the files lack a parameter, or hold one with another shape.
     """
     with torch.device("meta"):
-        model = SpeechEncoder(config, layers)
+        model = SpeechEncoder(config, layers, n_layers)
     tensors = SafetensorsReader(files)
     state: dict[str, torch.Tensor] = {}
     for name, param in model.named_parameters():
