@@ -139,7 +139,7 @@ def test_encoder_options_are_checked_and_shown_whole(tmp_path, monkeypatch):
     }
     assert options.replace(backend="onnx").backend == "onnx"
     for bad, message in (
-        ({"backend": "tensorrt"}, "unknown backend 'tensorrt'; accepted: torch, onnx, onnx-int8"),
+        ({"backend": "tensorrt"}, "unknown backend 'tensorrt'; accepted: auto, torch, onnx, onnx-int8"),
         ({"dtype": "int4"}, "unknown dtype 'int4'; accepted: auto, fp32, bf16, fp16"),
         ({"max_batch_size": 0}, "max_batch_size must be at least 1"),
         ({"window_seconds": 0}, "window_seconds must be positive"),
