@@ -236,6 +236,14 @@ def pool_frames(frames: np.ndarray, pooling: str) -> np.ndarray:
     return stats.pool(pooling)
 
 
+def relative_embedding_error(reference: np.ndarray, other: np.ndarray) -> float:
+    """How far ``other`` embeddings (``[n_clips, d]``) are from ``reference``: the mean distance between
+    each clip's two embeddings relative to the mean distance between different clips' reference ones."""
+    pairs = np.linalg.norm(reference[:, None] - reference[None], axis=2)
+    between = float(pairs[np.triu_indices(len(reference), 1)].mean())
+    return float(np.linalg.norm(other - reference, axis=1).mean() / max(between, 1e-12))
+
+
 def precision_of(backbone: Any) -> dict[str, Any]:
     """What ``/v1/info`` says of the encoder served: backend, precision, and why (``precision_reason``,
     which ``build_backbone`` sets)."""

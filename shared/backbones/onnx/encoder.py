@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from shared.backbones.base import BackboneSpec, pool_frames
+from shared.backbones.base import BackboneSpec, pool_frames, relative_embedding_error
 from shared.backbones.cache import building_cache_entry, cache_digest
 from shared.backbones.checkpoint import EncoderSource
 from shared.backbones.onnx import export
@@ -190,10 +190,7 @@ class OnnxEncoder(PooledSpeechEncoder):
                 ).astype(np.float64)
             )
             del session
-        reference, got = embeddings
-        pairs = np.linalg.norm(reference[:, None] - reference[None], axis=2)
-        between = float(pairs[np.triu_indices(len(reference), 1)].mean())
-        error = float(np.linalg.norm(got - reference, axis=1).mean() / max(between, 1e-12))
+        error = relative_embedding_error(*embeddings)
         return {
             "relative_error": error,
             "clips": CHECK_CLIPS,
