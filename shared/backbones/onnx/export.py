@@ -220,7 +220,11 @@ def quantize_encoder(fp32_model: Path, target: Path, calibration: Sequence[np.nd
 def quantised_products(graph: Any) -> list[Any]:
     """The MatMul nodes of an fp32 graph that ``quantize_encoder`` quantises (a weight as second input)."""
     weights = {i.name for i in graph.initializer}
-    return [n for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+    return [
+        n
+        for n in graph.node
+        if n.op_type == "MatMul" and n.input[1] in weights and not n.name.startswith(FP32_SCOPES)
+    ]
 
 
 def dynamic_quantized(x: np.ndarray) -> np.ndarray:
@@ -239,9 +243,9 @@ def _tensor_means(
     scratch: Path,
     quantized: Sequence[str] = (),
 ) -> dict[str, np.ndarray]:
-    """The mean over ``inputs`` (hidden states 0, and their frames) of each named tensor of a graph, on its last axis; for
-    the names in ``quantized`` also ``name + "@q"``, the mean as the int8 graph quantises the tensor
-    (``dynamic_quantized``, one clip at a time)."""
+    """The mean over ``inputs`` (hidden states 0, and their frames) of each named tensor of a graph, on
+    its last axis; for the names in ``quantized`` also ``name + "@q"``, the mean as the int8 graph
+    quantises the tensor (``dynamic_quantized``, one clip at a time)."""
     import onnx
 
     model = onnx.load(str(model_path))
